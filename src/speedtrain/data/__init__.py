@@ -1,0 +1,1 @@
+"""Data: sources (hscodes, files, hub), splits, the small-vocabulary tokenizer and the LightningDataModule."""

@@ -1,0 +1,133 @@
+"""LightningDataModule: source -> checked, seeded splits -> small-vocab tokenizer -> token ids, cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import datasets
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from speedtrain.data.splits import make_splits
+from speedtrain.data.tokenizer import cached_wordpiece, save_atomically
+from speedtrain.errors import UserError
+
+
+class TextDataModule(pl.LightningDataModule):
+    """Text classification data for the student.
+
+    ``prepare()`` (also run by ``setup``) loads the source, splits it, trains or loads the tokenizer and
+    tokenizes every split once; the token ids are cached under ``cache_dir/data/<hash of data + tokenizer>``.
+    Batches are padded dynamically to the longest text in the batch (at most ``max_length`` tokens).
+
+    Args:
+        source: a callable returning a ``DatasetDict`` of ``text``/``label`` strings (see ``data/sources.py``).
+        tokenizer: keyword arguments of :func:`~speedtrain.data.tokenizer.train_wordpiece` (vocab_size, ...).
+        cache_dir: the user's cache folder for speedtrain.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], datasets.DatasetDict],
+        tokenizer: dict,
+        cache_dir: str | os.PathLike,
+        max_length: int = 32,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 42,
+    ) -> None:
+        super().__init__()
+        for key, value in (("data.max_length", max_length), ("data.batch_size", batch_size),
+                           ("data.eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or value <= 0:
+                raise UserError(f"{key}={value!r} must be a positive integer")
+        if max_length < 3:
+            raise UserError(f"data.max_length={max_length} leaves no room for text beside [CLS]/[SEP]; use e.g. 32")
+        if num_workers < 0:
+            raise UserError(f"data.num_workers={num_workers} must be >= 0")
+        self.source, self.tokenizer_kwargs = source, dict(tokenizer)
+        self.cache_dir = Path(os.path.expanduser(str(cache_dir)))
+        self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.tokenizer_dir: Path | None = None
+        self.splits: datasets.DatasetDict | None = None  # text + label
+        self.encoded: datasets.DatasetDict | None = None  # input_ids + label
+
+    @property
+    def label_names(self) -> list[str]:
+        assert self.splits is not None, "call prepare() first"
+        return self.splits["train"].features["label"].names
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def prepare(self) -> None:
+        """Load, split, train the tokenizer and tokenize (each step cached); idempotent."""
+        if self.encoded is not None:
+            return
+        self.splits = make_splits(self.source(), self.val_fraction, self.test_fraction, self.split_seed)
+        self.tokenizer, self.tokenizer_dir = cached_wordpiece(
+            self.splits["train"]["text"], self.cache_dir, max_length=self.max_length, **self.tokenizer_kwargs
+        )
+        key = hashlib.sha256()
+        for split in ("train", "validation", "test"):
+            key.update(_content_hash(self.splits[split]))
+        key.update(f"{self.tokenizer_dir.name}/{self.max_length}".encode())
+        folder = self.cache_dir / "data" / key.hexdigest()[:16]
+        if not (folder / "dataset_dict.json").is_file():
+            save_atomically(self._tokenize().save_to_disk, folder)
+        self.encoded = datasets.load_from_disk(str(folder))
+
+    def _tokenize(self) -> datasets.DatasetDict:
+        tok = self.tokenizer
+
+        def encode(batch: dict) -> dict:
+            return tok(batch["text"], truncation=True, max_length=self.max_length, return_token_type_ids=False)
+
+        return self.splits.map(encode, batched=True, remove_columns=["text"], desc="tokenizing")
+
+    def prepare_data(self) -> None:
+        self.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        collator = DataCollatorWithPadding(self.tokenizer, padding="longest", return_tensors="pt")
+        return DataLoader(
+            self.encoded[split].rename_column("label", "labels"),
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            collate_fn=collator,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+def _content_hash(ds: datasets.Dataset) -> bytes:
+    """A digest of the texts and label names of a split (datasets' own fingerprints are random in memory)."""
+    h = hashlib.sha256("\x1f".join(ds.features["label"].names).encode())
+    for text, label in zip(ds["text"], ds["label"]):
+        h.update(f"{label}\x1e{text}\x1f".encode())
+    return h.digest()

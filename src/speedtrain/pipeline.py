@@ -1,0 +1,117 @@
+"""run(cfg) -> objective: seed, build everything from the config, fit, test the best checkpoint, write metrics.
+
+    python train.py +experiment=baseline
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from speedtrain.data.datamodule import TextDataModule
+from speedtrain.errors import UserError
+from speedtrain.loggers import build_loggers
+from speedtrain.models.student import count_parameters
+from speedtrain.summary import print_summary
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train the configured model and return ``metrics[cfg.objective]`` (for Hydra sweepers).
+
+    Writes ``<output_dir>/metrics.json``, ``checkpoints/`` and ``tokenizer/``.
+    """
+    check_config(cfg)
+    started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare()
+    data_s = time.perf_counter() - started
+    tokenizer = datamodule.tokenizer
+    model = instantiate(
+        cfg.model,
+        vocab_size=len(tokenizer),
+        num_labels=datamodule.num_labels,
+        pad_token_id=tokenizer.pad_token_id,
+        id2label=dict(enumerate(datamodule.label_names)),
+    )
+    module = instantiate(cfg.module, model=model, num_labels=datamodule.num_labels)
+    loggers = build_loggers(cfg.get("logger"), output_dir)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg.get("callbacks")), logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    fit_started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    fit_s = time.perf_counter() - fit_started
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt_path = best or None  # fast_dev_run saves no checkpoint: evaluate the weights in memory
+    metrics = _evaluate(trainer, module, datamodule, ckpt_path, test=cfg.get("test", True))
+
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(output_dir / "tokenizer")
+        metrics.update(
+            objective=cfg.objective,
+            best_checkpoint=best or None,
+            epochs=trainer.current_epoch,
+            global_step=trainer.global_step,
+            seed=cfg.seed,
+            params=count_parameters(model),
+            data={split: len(ds) for split, ds in datamodule.splits.items()}
+            | {"num_labels": datamodule.num_labels, "vocab_size": len(tokenizer)},
+            timings={"data_s": data_s, "fit_s": fit_s, "total_s": time.perf_counter() - started},
+        )
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print_summary(metrics, output_dir)
+    return metrics.get(cfg.objective)
+
+
+def build_datamodule(cfg: DictConfig) -> TextDataModule:
+    """The DataModule for ``cfg.data`` with the student tokenizer of ``cfg.tokenizer``."""
+    d = cfg.data
+    return TextDataModule(
+        source=instantiate(d.source, _partial_=True),
+        tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True),
+        cache_dir=cfg.paths.cache_dir,
+        max_length=d.max_length,
+        batch_size=d.batch_size,
+        eval_batch_size=d.eval_batch_size,
+        num_workers=d.num_workers,
+        pin_memory=d.pin_memory,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        split_seed=d.split_seed,
+    )
+
+
+def build_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
+    return [instantiate(node) for node in (cfg or {}).values() if node is not None]
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject values that would fail deep inside a library, naming the value and the fix."""
+    lr = cfg.module.optimizer.get("lr")
+    if lr is not None and not lr > 0:
+        raise UserError(f"module.optimizer.lr={lr} must be positive, e.g. module.optimizer.lr=2e-3")
+    epochs = cfg.trainer.get("max_epochs")
+    if epochs is not None and epochs != -1 and epochs <= 0:
+        raise UserError(f"trainer.max_epochs={epochs} must be positive (or -1 for no limit)")
+    if cfg.objective.split("/")[0] not in ("val", "test"):
+        raise UserError(f"objective={cfg.objective!r} must be a val/ or test/ metric, e.g. objective=val/acc")
+
+
+def _evaluate(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, test: bool) -> dict:
+    """val/* (and test/*) metrics of the checkpoint at ``ckpt_path`` (None: the weights in memory)."""
+    metrics = {}
+    stages = [trainer.validate] + ([trainer.test] if test else [])
+    for stage in stages:
+        for result in stage(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
+            metrics.update({k: float(v) for k, v in result.items()})
+    return metrics

@@ -1,0 +1,25 @@
+"""The short table a run prints at its end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_summary(metrics: dict, output_dir: Path) -> None:
+    """Print the headline metrics, sizes and timings of a finished run."""
+    table = Table(title="speedtrain run", show_header=False)
+    for key in ("val/acc", "val/f1", "test/acc", "test/f1"):
+        if key in metrics:
+            table.add_row(key, f"{metrics[key]:.4f}")
+    table.add_row("params", f"{metrics['params']['params_total']:,} ({metrics['params']['params_non_embedding']:,} "
+                  "outside embeddings)")
+    data = metrics["data"]
+    table.add_row("data", f"{data['train']:,} / {data['validation']:,} / {data['test']:,} texts, "
+                  f"{data['num_labels']} labels, vocab {data['vocab_size']:,}")
+    t = metrics["timings"]
+    table.add_row("time", f"{t['total_s']:.1f} s (data {t['data_s']:.1f} s, fit {t['fit_s']:.1f} s)")
+    table.add_row("outputs", str(output_dir))
+    Console().print(table)

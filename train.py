@@ -1,0 +1,22 @@
+"""Train a compact text classifier. Configs are in conf/; see README.md.
+
+    python train.py +experiment=baseline
+    python train.py +experiment=baseline data=files data.train=my.csv data.text_column=title data.label_column=cat
+    python train.py -m +experiment=baseline seed=1,2,3
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from speedtrain.errors import exit_on_user_error
+from speedtrain.pipeline import run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    with exit_on_user_error():
+        return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
