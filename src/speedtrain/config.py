@@ -1,0 +1,25 @@
+"""Where the packaged Hydra configs are, and composing them from Python (tests, notebooks, the CLI)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+CONFIG_PACKAGE = "speedtrain.conf"
+
+
+def config_dir() -> Path:
+    """The ``conf/`` folder speedtrain was installed with (the repository's ``conf/`` in an editable install)."""
+    return Path(str(resources.files(CONFIG_PACKAGE)))
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with command-line style ``overrides``, outside a Hydra run.
+
+    ``paths.output_dir`` normally comes from Hydra's run folder: pass ``paths.output_dir=<dir>``.
+    """
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides or []))

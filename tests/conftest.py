@@ -1,0 +1,79 @@
+"""Fixtures that compose the real conf/ and shrink it: tiny model, few batches, CPU, no logger, tmp folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from speedtrain.config import compose_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A model and a run small enough for a few seconds on 2 cores, on the real embedded data.
+TINY = [
+    "logger=none",
+    "model.num_hidden_layers=1",
+    "model.hidden_size=32",
+    "model.num_attention_heads=2",
+    "model.intermediate_size=64",
+    "tokenizer.vocab_size=600",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "~callbacks.progress_bar",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One speedtrain cache for the whole session (tokenizers and token ids are reused), never ~/.cache."""
+    cache = tmp_path_factory.mktemp("speedtrain-cache")
+    os.environ["SPEEDTRAIN_CACHE"] = str(cache)
+    os.environ["HF_DATASETS_CACHE"] = str(cache / "hf-datasets")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["WANDB_MODE"] = "offline"
+    return cache
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path):
+    """``make_cfg(*overrides)`` -> the real config, shrunk by TINY, writing under ``tmp_path/run``."""
+
+    def make(*overrides: str) -> DictConfig:
+        return compose_config([*TINY, f"paths.output_dir={tmp_path / 'run'}", *overrides])
+
+    return make
+
+
+@pytest.fixture
+def cfg_tiny(make_cfg) -> DictConfig:
+    return make_cfg("+experiment=baseline")
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("title", "cat")) -> Path:
+    """A small CSV with a text and a label column."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def product_rows() -> list[tuple[str, str]]:
+    """60 short product titles in 3 categories (made up here for the tests)."""
+    kinds = {
+        "fruit": ["apple", "banana", "cherry", "mango", "pear"],
+        "tools": ["hammer", "wrench", "drill", "saw", "chisel"],
+        "shoes": ["sneaker", "boot", "sandal", "loafer", "slipper"],
+    }
+    adjectives = ["fresh", "red", "large", "small"]
+    return [(f"{a} {w}", label) for label, words in kinds.items() for w in words for a in adjectives]
