@@ -9,11 +9,12 @@ import hydra
 from omegaconf import DictConfig
 
 from speedtrain.errors import exit_on_user_error
-from speedtrain.pipeline import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from speedtrain.pipeline import run  # imported here so that --help and --cfg answer without loading torch
+
     with exit_on_user_error():
         return run(cfg)
 

@@ -12,7 +12,6 @@ CHOICES = [
     (group, f.stem)
     for group in GROUPS
     for f in sorted((config_dir() / group).glob("*.yaml"))
-    if not f.stem.startswith("_")  # _loader.yaml is included by the data configs, not a choice
 ]
 REQUIRED = {"files": ["data.train=x.csv"], "hub": ["data.name=ag_news"]}
 

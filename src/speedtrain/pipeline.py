@@ -97,6 +97,10 @@ def build_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
 
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail deep inside a library, naming the value and the fix."""
+    missing = sorted(_missing_keys(cfg))
+    if missing:
+        example = " ".join(f"{k}=<value>" for k in missing)
+        raise UserError(f"config value(s) {missing} are required but not set; pass them, e.g. {example}")
     lr = cfg.module.optimizer.get("lr")
     if lr is not None and not lr > 0:
         raise UserError(f"module.optimizer.lr={lr} must be positive, e.g. module.optimizer.lr=2e-3")
@@ -105,6 +109,17 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"trainer.max_epochs={epochs} must be positive (or -1 for no limit)")
     if cfg.objective.split("/")[0] not in ("val", "test"):
         raise UserError(f"objective={cfg.objective!r} must be a val/ or test/ metric, e.g. objective=val/acc")
+
+
+def _missing_keys(node: DictConfig, prefix: str = ""):
+    """Keys set to ``???`` (OmegaConf.missing_keys raises on interpolations that point at them)."""
+    for key in node.keys():
+        if key == "hydra" or OmegaConf.is_interpolation(node, key):
+            continue
+        if OmegaConf.is_missing(node, key):
+            yield f"{prefix}{key}"
+        elif isinstance(node[key], DictConfig):
+            yield from _missing_keys(node[key], f"{prefix}{key}.")
 
 
 def _evaluate(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, test: bool) -> dict:

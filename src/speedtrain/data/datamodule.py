@@ -48,7 +48,8 @@ class TextDataModule(pl.LightningDataModule):
         for key, value in (("data.max_length", max_length), ("data.batch_size", batch_size),
                            ("data.eval_batch_size", eval_batch_size)):
             if not isinstance(value, int) or value <= 0:
-                raise UserError(f"{key}={value!r} must be a positive integer")
+                hint = " (it follows model.max_length unless set)" if key == "data.max_length" else ""
+                raise UserError(f"{key}={value!r} must be a positive integer{hint}")
         if max_length < 3:
             raise UserError(f"data.max_length={max_length} leaves no room for text beside [CLS]/[SEP]; use e.g. 32")
         if num_workers < 0:

@@ -69,10 +69,14 @@ def files(
     builder = format or _infer_format(data_files)
     if builder not in set(FORMATS.values()):
         raise UserError(f"data.format={builder!r} is not supported; use one of csv, json, parquet")
-    try:
-        dd = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir)
-    except Exception as err:  # the loaders raise many types for an unreadable file
-        raise UserError(f"could not read {list(data_files.values())} as {builder}: {err}") from err
+    dd = datasets.DatasetDict()
+    for split, path in data_files.items():  # one at a time, so an error names its file
+        try:
+            dd[split] = datasets.load_dataset(builder, data_files={split: path}, split=split, cache_dir=cache_dir)
+        except Exception as err:  # the loaders raise many types for an unreadable or empty file
+            if "corresponds to no data" in str(err):
+                raise UserError(f"{keys[split]}={path!r} has no rows; give a file with data") from err
+            raise UserError(f"{keys[split]}={path!r} could not be read as {builder}: {err}") from err
     return select_columns(dd, text_column, label_column)
 
 

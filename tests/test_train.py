@@ -1,0 +1,120 @@
+"""train.py as users run it: Hydra's flags, a real run folder, multirun, DDP, W&B offline, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import train
+from tests.conftest import REPO, TINY, write_csv
+
+
+def _cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_help_and_cfg_job(tmp_path):
+    helped = _cli("--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "== Configuration groups ==" in helped.stdout and "experiment: baseline" in helped.stdout
+    shown = _cli("--cfg", "job", "+experiment=baseline", "model=bert_mini", cwd=tmp_path)
+    assert shown.returncode == 0 and "hidden_size: 256" in shown.stdout and "task_name: baseline" in shown.stdout
+    assert not (tmp_path / "outputs").exists()  # --cfg prints, runs nothing
+
+
+def test_run_folder_layout(tmp_path):
+    done = _cli("+experiment=baseline", *TINY, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")  # outputs/<date>/<time>
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["objective"] == "val/acc" and "test/acc" in metrics
+    assert "test/acc" in done.stdout  # the summary table
+
+
+def test_multirun_returns_one_run_per_value(tmp_path):
+    done = _cli("-m", "+experiment=baseline", *TINY, "seed=1,2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted((tmp_path / "multirun").glob("*/*/*/metrics.json"))
+    assert len(runs) == 2
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    done = _cli("+experiment=baseline", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                "trainer.precision=32-true", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = list(tmp_path.rglob("metrics.json"))
+    assert metrics == [tmp_path / "run" / "metrics.json"]
+    assert json.loads(metrics[0].read_text())["global_step"] == 8  # 4 batches per process per epoch, 2 epochs
+
+
+def test_wandb_offline_stays_in_run_folder(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "WANDB_MODE": "", "WANDB_API_KEY": "", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    done = _cli("+experiment=baseline", *TINY, "logger=wandb", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_file,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert run_file.stat().st_size > 0
+    assert list(home.rglob("*")) == []  # nothing under $HOME
+
+
+# Bad input: one clear line naming the value, exit code 2, no traceback. Run in-process through train.main.
+def _files(tmp_path: Path, rows, **extra) -> list[str]:
+    train_csv = write_csv(tmp_path / "train.csv", rows)
+    args = ["data=files", f"data.train={train_csv}", "data.text_column=title", "data.label_column=cat"]
+    for key, split_rows in extra.items():
+        args.append(f"data.{key}={write_csv(tmp_path / f'{key}.csv', split_rows)}")
+    return args
+
+
+BAD_INPUTS = {
+    "missing_file": (lambda t, r: ["data=files", f"data.train={t / 'nope.csv'}"], r"data.train='.*nope.csv': file not found"),
+    "unknown_format": (lambda t, r: ["data=files", f"data.train={write_csv(t / 'x.xlsx', r)}"], r"file extension\(s\) \['.xlsx'\]"),
+    "text_column": (lambda t, r: [*_files(t, r), "data.text_column=name"], r"data.text_column='name' is not a column"),
+    "label_column": (lambda t, r: [*_files(t, r), "data.label_column=kind"], r"data.label_column='kind' is not a column"),
+    "empty_dataset": (lambda t, r: _files(t, []), r"data.train=.*train.csv. has no rows"),
+    "empty_split": (lambda t, r: _files(t, r, val=[]), r"data.val=.*val.csv. has no rows"),
+    "blank_texts": (lambda t, r: _files(t, [(" ", y) for _, y in r]), "the training data is empty"),
+    "one_class": (lambda t, r: _files(t, [(x, "fruit") for x, _ in r]), r"1 label\(s\) \['fruit'\]"),
+    "unseen_label": (lambda t, r: _files(t, r, test=[("blue hat", "hats")]), r"test split has label\(s\) \['hats'\]"),
+    "lr": (lambda t, r: ["module.optimizer.lr=0"], "module.optimizer.lr=0 must be positive"),
+    "batch_size": (lambda t, r: ["data.batch_size=0"], "data.batch_size=0 must be a positive integer"),
+    "max_length": (lambda t, r: ["model.max_length=-4"], "data.max_length=-4 must be a positive integer"),
+    "missing_value": (lambda t, r: ["data=files"], r"\['data.train'\] are required but not set"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_one_message_exit_2(case, tmp_path, product_rows, monkeypatch, capsys):
+    overrides, message = BAD_INPUTS[case]
+    argv = ["train.py", *TINY, *overrides(tmp_path, product_rows), f"hydra.run.dir={tmp_path / 'run'}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    errors = [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert len(errors) == 1 and errors[0].startswith("speedtrain: error: "), err
+    assert re.search(message, errors[0]), err
+
+
+def test_unknown_config_choice(tmp_path):
+    done = _cli("+experiment=baseline", "model=bert_huge", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Could not find 'model/bert_huge'" in done.stderr and "bert_tiny" in done.stderr
+
+
+def test_bad_input_exit_code_in_a_real_process(tmp_path):
+    done = _cli("+experiment=baseline", "data=files", f"data.train={tmp_path / 'nope.csv'}", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "file not found" in done.stderr
