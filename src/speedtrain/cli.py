@@ -1,0 +1,80 @@
+"""The ``speedtrain`` command.
+
+    speedtrain train +experiment=baseline       # same as `python train.py ...`, with the installed configs
+    speedtrain info                             # versions, devices, where the configs and the cache are
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """usage: speedtrain <command> [args]
+
+commands:
+  train [overrides...]   train with the packaged Hydra configs (same flags as `python train.py`)
+  info                   versions, devices, config folder and cache folder
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        return _train(rest)
+    if command == "info":
+        return _info()
+    print(f"speedtrain: error: unknown command {command!r}; use one of: train, info", file=sys.stderr)
+    return 2
+
+
+def _train(overrides: list[str]) -> int:
+    import hydra
+    from omegaconf import DictConfig
+
+    from speedtrain.config import config_dir
+    from speedtrain.errors import exit_on_user_error
+
+    def task(cfg: DictConfig) -> float | None:
+        from speedtrain.pipeline import run
+
+        with exit_on_user_error():
+            return run(cfg)
+
+    sys.argv = ["speedtrain-train", *overrides]  # Hydra reads its flags and overrides from sys.argv
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(task)()
+    return 0
+
+
+def _info() -> int:
+    import platform
+
+    import pytorch_lightning
+    import torch
+    import transformers
+
+    import speedtrain
+    from speedtrain.config import compose_config, config_dir
+
+    cfg = compose_config(["paths.output_dir=."])
+    rows = {
+        "speedtrain": speedtrain.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pytorch-lightning": pytorch_lightning.__version__,
+        "transformers": transformers.__version__,
+        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "cuda": ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none",
+        "configs": str(config_dir()),
+        "cache": os.path.expanduser(cfg.paths.cache_dir),
+    }
+    for key, value in rows.items():
+        print(f"{key:>18}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
