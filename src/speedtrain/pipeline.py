@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> float | None:
     )
     module = instantiate(cfg.module, model=model, num_labels=datamodule.num_labels)
     loggers = build_loggers(cfg.get("logger"), output_dir)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg.get("callbacks")), logger=loggers or False)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -91,8 +91,11 @@ def build_datamodule(cfg: DictConfig) -> TextDataModule:
     )
 
 
-def build_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
-    return [instantiate(node) for node in (cfg or {}).values() if node is not None]
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """``cfg.callbacks``, without the progress bar when ``trainer.enable_progress_bar=false``."""
+    bar = cfg.trainer.get("enable_progress_bar", True)
+    nodes = (cfg.get("callbacks") or {}).values()
+    return [instantiate(n) for n in nodes if n is not None and (bar or "ProgressBar" not in n.get("_target_", ""))]
 
 
 def check_config(cfg: DictConfig) -> None:
