@@ -12,8 +12,17 @@ CONFIG_PACKAGE = "speedtrain.conf"
 
 
 def config_dir() -> Path:
-    """The ``conf/`` folder speedtrain was installed with (the repository's ``conf/`` in an editable install)."""
-    return Path(str(resources.files(CONFIG_PACKAGE)))
+    """The ``conf/`` folder speedtrain was installed with (the repository's ``conf/`` in an editable install).
+
+    From a source checkout on ``PYTHONPATH`` (not installed), the repository's ``conf/`` beside ``src/``.
+    """
+    try:
+        return Path(str(resources.files(CONFIG_PACKAGE)))
+    except ModuleNotFoundError:
+        checkout = Path(__file__).resolve().parents[2] / "conf"
+        if not (checkout / "train.yaml").is_file():
+            raise
+        return checkout
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:

@@ -56,7 +56,11 @@ def make_splits(
                 "add examples of them to the training data or drop them"
             )
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
-    return datasets.DatasetDict({s: dd[s].cast(features) for s in SPLITS})
+    ids = {name: i for i, name in enumerate(names)}
+    return datasets.DatasetDict({
+        s: datasets.Dataset.from_dict({"text": dd[s]["text"], "label": [ids[y] for y in dd[s]["label"]]}, features)
+        for s in SPLITS
+    })
 
 
 def _drop_empty(ds: datasets.Dataset) -> datasets.Dataset:
