@@ -13,6 +13,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import time
 
 import torch
@@ -36,6 +37,18 @@ def step_seconds(model, batch, labels, optimizer, precision: str, device: str, s
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def cpu_model() -> str:
+    """The CPU's model name and whether it has AVX-512 BF16 / AMX (what makes bf16 fast on a CPU)."""
+    try:
+        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    bf16 = [f for f in flags if f in ("avx512_bf16", "amx_bf16")]
+    return f"{fields.get('Model name', '?').strip()} ({', '.join(bf16) or 'no AVX-512 BF16/AMX'})"
 
 
 def main() -> None:
@@ -67,7 +80,8 @@ def main() -> None:
             rounds[p].append(step_seconds(model, batch, labels, optimizer, p, args.device, args.steps))
     median = {p: statistics.median(v) for p, v in rounds.items()}
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
+        "machine": f"{cpu_model()}, {torch.get_num_threads()} threads, {args.device}",
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
         "torch": torch.__version__,
         "model": {k: cfg.model[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size")},
         "batch_size": args.batch_size,
