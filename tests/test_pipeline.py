@@ -46,3 +46,9 @@ def test_same_seed_same_metrics_other_seed_differs(make_cfg, tmp_path):
         results.append((m["val/loss"], m["val/acc"], m["test/loss"], m["test/acc"]))
     assert results[0] == results[1]
     assert results[0] != results[2]
+
+
+def test_fast_dev_run_evaluates_weights_in_memory(make_cfg, tmp_path):
+    run(make_cfg("+experiment=baseline", "debug=fdr"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["best_checkpoint"] is None and metrics["global_step"] == 1 and "test/acc" in metrics

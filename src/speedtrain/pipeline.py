@@ -27,25 +27,13 @@ def run(cfg: DictConfig) -> float | None:
     """
     check_config(cfg)
     started = time.perf_counter()
-    output_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
-
     datamodule = build_datamodule(cfg)
     datamodule.prepare()
     data_s = time.perf_counter() - started
-    tokenizer = datamodule.tokenizer
-    model = instantiate(
-        cfg.model,
-        vocab_size=len(tokenizer),
-        num_labels=datamodule.num_labels,
-        pad_token_id=tokenizer.pad_token_id,
-        id2label=dict(enumerate(datamodule.label_names)),
-    )
+    model = build_model(cfg, datamodule)
     module = instantiate(cfg.module, model=model, num_labels=datamodule.num_labels)
-    loggers = build_loggers(cfg.get("logger"), output_dir)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer = build_trainer(cfg)
 
     fit_started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -53,24 +41,44 @@ def run(cfg: DictConfig) -> float | None:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt_path = best or None  # fast_dev_run saves no checkpoint: evaluate the weights in memory
     metrics = _evaluate(trainer, module, datamodule, ckpt_path, test=cfg.get("test", True))
-
-    if trainer.is_global_zero:
+    metrics.update(
+        objective=cfg.objective,
+        best_checkpoint=best or None,
+        epochs=trainer.current_epoch,
+        global_step=trainer.global_step,
+        seed=cfg.seed,
+        params=count_parameters(model),
+        data={split: len(ds) for split, ds in datamodule.splits.items()}
+        | {"num_labels": datamodule.num_labels, "vocab_size": len(datamodule.tokenizer)},
+        timings={"data_s": data_s, "fit_s": fit_s, "total_s": time.perf_counter() - started},
+    )
+    if trainer.is_global_zero:  # under DDP every rank has the metrics; one writes them
+        output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(output_dir / "tokenizer")
-        metrics.update(
-            objective=cfg.objective,
-            best_checkpoint=best or None,
-            epochs=trainer.current_epoch,
-            global_step=trainer.global_step,
-            seed=cfg.seed,
-            params=count_parameters(model),
-            data={split: len(ds) for split, ds in datamodule.splits.items()}
-            | {"num_labels": datamodule.num_labels, "vocab_size": len(tokenizer)},
-            timings={"data_s": data_s, "fit_s": fit_s, "total_s": time.perf_counter() - started},
-        )
+        datamodule.tokenizer.save_pretrained(output_dir / "tokenizer")
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         print_summary(metrics, output_dir)
     return metrics.get(cfg.objective)
+
+
+def build_model(cfg: DictConfig, datamodule: TextDataModule):
+    """The student of ``cfg.model``, sized to the datamodule's tokenizer and labels."""
+    return instantiate(
+        cfg.model,
+        vocab_size=len(datamodule.tokenizer),
+        num_labels=datamodule.num_labels,
+        pad_token_id=datamodule.tokenizer.pad_token_id,
+        id2label=dict(enumerate(datamodule.label_names)),
+    )
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    """The Lightning Trainer of ``cfg.trainer`` with the configured callbacks and loggers (config logged)."""
+    loggers = build_loggers(cfg.get("logger"), cfg.paths.output_dir)
+    trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return trainer
 
 
 def build_datamodule(cfg: DictConfig) -> TextDataModule:
