@@ -12,22 +12,24 @@ from speedtrain.config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A model and a run small enough for a few seconds on 2 cores, on the real embedded data.
-TINY = [
+# A run small enough for a few seconds on 2 cores, on the real embedded data.
+TINY_RUN = [
     "logger=none",
-    "model.num_hidden_layers=1",
-    "model.hidden_size=32",
-    "model.num_attention_heads=2",
-    "model.intermediate_size=64",
-    "tokenizer.vocab_size=600",
     "trainer.max_epochs=2",
     "trainer.limit_train_batches=4",
     "trainer.limit_val_batches=2",
     "trainer.limit_test_batches=2",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
-    "~callbacks.progress_bar",
 ]
+TINY_STUDENT = [
+    "model.num_hidden_layers=1",
+    "model.hidden_size=32",
+    "model.num_attention_heads=2",
+    "model.intermediate_size=64",
+    "tokenizer.vocab_size=600",
+]
+TINY = [*TINY_RUN, *TINY_STUDENT]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,10 +45,14 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def make_cfg(tmp_path: Path):
-    """``make_cfg(*overrides)`` -> the real config, shrunk by TINY, writing under ``tmp_path/run``."""
+    """``make_cfg(*overrides)`` -> the real config, shrunk by TINY, writing under ``tmp_path/run``.
 
-    def make(*overrides: str) -> DictConfig:
-        return compose_config([*TINY, f"paths.output_dir={tmp_path / 'run'}", *overrides])
+    ``tiny_student=False`` keeps the model group's own sizes (for a pretrained model).
+    """
+
+    def make(*overrides: str, tiny_student: bool = True) -> DictConfig:
+        tiny = TINY if tiny_student else TINY_RUN
+        return compose_config([*tiny, f"paths.output_dir={tmp_path / 'run'}", *overrides])
 
     return make
 

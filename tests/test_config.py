@@ -13,17 +13,22 @@ CHOICES = [
     for group in GROUPS
     for f in sorted((config_dir() / group).glob("*.yaml"))
 ]
-REQUIRED = {"files": ["data.train=x.csv"], "hub": ["data.name=ag_news"]}
+REQUIRED = {
+    ("data", "files"): ["data.train=x.csv"],
+    ("data", "hub"): ["data.name=ag_news"],
+    ("tokenizer", "pretrained"): ["model=pretrained"],  # the tokenizer of the pretrained model
+}
 
 
 def test_all_groups_present():
-    assert {"data", "tokenizer", "model", "trainer", "logger", "experiment", "paths", "debug", "callbacks"} <= set(GROUPS)
+    expected = {"data", "tokenizer", "model", "teacher", "trainer", "logger", "experiment", "paths", "debug", "callbacks"}
+    assert expected <= set(GROUPS)
 
 
 @pytest.mark.parametrize(("group", "choice"), CHOICES, ids=[f"{g}={c}" for g, c in CHOICES])
 def test_every_config_composes(group, choice, tmp_path):
     option = f"+experiment={choice}" if group == "experiment" else f"{group}={choice}"
-    cfg = compose_config([option, f"paths.output_dir={tmp_path}", *REQUIRED.get(choice, [])])
+    cfg = compose_config([option, f"paths.output_dir={tmp_path}", *REQUIRED.get((group, choice), [])])
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert resolved["paths"]["output_dir"] == str(tmp_path)
     if group in ("data", "model", "trainer"):
@@ -47,3 +52,9 @@ def test_conf_is_packaged():
     # train.py's conf/ and the installed package's configs are the same files
     assert (config_dir() / "train.yaml").is_file()
     assert (config_dir() / "experiment" / "baseline.yaml").is_file()
+
+
+def test_teacher_experiment(tmp_path):
+    cfg = compose_config(["+experiment=teacher", f"paths.output_dir={tmp_path}"])
+    assert cfg.model.source == "minilm" and cfg.tokenizer.pretrained == "minilm"
+    assert cfg.data.max_length == 64 and cfg.trainer.max_epochs == 6 and cfg.module.optimizer.lr == 3e-4

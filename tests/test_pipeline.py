@@ -27,7 +27,9 @@ def test_tiny_run_writes_checkpoints_and_metrics(cfg_tiny, tmp_path):
     assert metrics["data"] == {"train": 4486, "validation": 563, "test": 563, "num_labels": 96, "vocab_size": 600}
     assert metrics["params"]["params_total"] > metrics["params"]["params_non_embedding"] > 0
     assert set(metrics["timings"]) == {"data_s", "fit_s", "total_s"}
-    assert AutoTokenizer.from_pretrained(out / "tokenizer").vocab_size == 600
+    assert AutoTokenizer.from_pretrained(out / "model").vocab_size == 600
+    student = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert student.config.num_labels == 96 and student.config.id2label[0] == "01"
 
 
 def test_best_checkpoint_holds_a_loadable_student(cfg_tiny, tmp_path):

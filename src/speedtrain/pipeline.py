@@ -23,7 +23,8 @@ from speedtrain.summary import print_summary
 def run(cfg: DictConfig) -> float | None:
     """Train the configured model and return ``metrics[cfg.objective]`` (for Hydra sweepers).
 
-    Writes ``<output_dir>/metrics.json``, ``checkpoints/`` and ``tokenizer/``.
+    Writes ``<output_dir>/metrics.json``, ``checkpoints/`` and ``model/`` (a Hugging Face folder of the best
+    checkpoint: ``AutoModelForSequenceClassification`` and ``AutoTokenizer`` load it).
     """
     check_config(cfg)
     started = time.perf_counter()
@@ -55,7 +56,8 @@ def run(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:  # under DDP every rank has the metrics; one writes them
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        datamodule.tokenizer.save_pretrained(output_dir / "tokenizer")
+        model.save_pretrained(output_dir / "model")  # the best checkpoint's weights: _evaluate loaded them
+        datamodule.tokenizer.save_pretrained(output_dir / "model")
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         print_summary(metrics, output_dir)
     return metrics.get(cfg.objective)

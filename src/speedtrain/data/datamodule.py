@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from speedtrain.data.splits import make_splits
 from speedtrain.data.tokenizer import cached_wordpiece, save_atomically
 from speedtrain.errors import UserError
+from speedtrain.models.teacher import load_tokenizer
 
 
 class TextDataModule(pl.LightningDataModule):
@@ -26,7 +28,8 @@ class TextDataModule(pl.LightningDataModule):
 
     Args:
         source: a callable returning a ``DatasetDict`` of ``text``/``label`` strings (see ``data/sources.py``).
-        tokenizer: keyword arguments of :func:`~speedtrain.data.tokenizer.train_wordpiece` (vocab_size, ...).
+        tokenizer: keyword arguments of :func:`~speedtrain.data.tokenizer.train_wordpiece` (vocab_size, ...),
+            or ``{"pretrained": name_or_path}`` for a pretrained model's own tokenizer.
         cache_dir: the user's cache folder for speedtrain.
     """
 
@@ -60,7 +63,6 @@ class TextDataModule(pl.LightningDataModule):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.tokenizer: PreTrainedTokenizerBase | None = None
-        self.tokenizer_dir: Path | None = None
         self.splits: datasets.DatasetDict | None = None  # text + label
         self.encoded: datasets.DatasetDict | None = None  # input_ids + label
 
@@ -78,13 +80,20 @@ class TextDataModule(pl.LightningDataModule):
         if self.encoded is not None:
             return
         self.splits = make_splits(self.source(), self.val_fraction, self.test_fraction, self.split_seed)
-        self.tokenizer, self.tokenizer_dir = cached_wordpiece(
-            self.splits["train"]["text"], self.cache_dir, max_length=self.max_length, **self.tokenizer_kwargs
-        )
+        pretrained = self.tokenizer_kwargs.get("pretrained")
+        if pretrained:  # a pretrained model's own tokenizer (the teacher's)
+            self.tokenizer = load_tokenizer(pretrained)
+            vocab = json.dumps(self.tokenizer.get_vocab(), sort_keys=True)
+            tokenizer_key = hashlib.sha256(f"{type(self.tokenizer).__name__}{vocab}".encode()).hexdigest()
+        else:
+            self.tokenizer, folder = cached_wordpiece(
+                self.splits["train"]["text"], self.cache_dir, max_length=self.max_length, **self.tokenizer_kwargs
+            )
+            tokenizer_key = folder.name
         key = hashlib.sha256()
         for split in ("train", "validation", "test"):
             key.update(_content_hash(self.splits[split]))
-        key.update(f"{self.tokenizer_dir.name}/{self.max_length}".encode())
+        key.update(f"{tokenizer_key}/{self.max_length}".encode())
         folder = self.cache_dir / "data" / key.hexdigest()[:16]
         if not (folder / "dataset_dict.json").is_file():
             save_atomically(self._tokenize().save_to_disk, folder)

