@@ -1,0 +1,1 @@
+"""Knowledge distillation: losses (and, next, the teacher-logit cache)."""
