@@ -83,3 +83,21 @@ def product_rows() -> list[tuple[str, str]]:
     }
     adjectives = ["fresh", "red", "large", "small"]
     return [(f"{a} {w}", label) for label, words in kinds.items() for w in words for a in adjectives]
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 1-layer BERT (2 labels) with MiniLM's tokenizer, saved as a Hugging Face folder."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from speedtrain.models.teacher import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-teacher")
+    tokenizer = load_tokenizer("minilm")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from speedtrain.data.datamodule import TextDataModule
+from speedtrain.distill.teacher import attach_teacher
 from speedtrain.errors import UserError
 from speedtrain.loggers import build_loggers
 from speedtrain.models.student import count_parameters
@@ -33,7 +34,11 @@ def run(cfg: DictConfig) -> float | None:
     datamodule.prepare()
     data_s = time.perf_counter() - started
     model = build_model(cfg, datamodule)
-    module = instantiate(cfg.module, model=model, num_labels=datamodule.num_labels)
+    teacher_metrics, extra = {}, {}
+    if cfg.get("distill"):  # the student learns from a fine-tuned teacher's logits
+        extra["loss"] = instantiate(cfg.distill.loss)  # first: a bad alpha/T fails before any teacher work
+        teacher_metrics = attach_teacher(cfg.teacher, datamodule, cfg.paths.cache_dir)
+    module = instantiate(cfg.module, model=model, num_labels=datamodule.num_labels, **extra)
     trainer = build_trainer(cfg)
 
     fit_started = time.perf_counter()
@@ -53,6 +58,10 @@ def run(cfg: DictConfig) -> float | None:
         | {"num_labels": datamodule.num_labels, "vocab_size": len(datamodule.tokenizer)},
         timings={"data_s": data_s, "fit_s": fit_s, "total_s": time.perf_counter() - started},
     )
+    if teacher_metrics:
+        metrics.update(teacher_metrics)
+        metrics["distill/teacher_share"] = metrics.get("test/acc", 0.0) / max(teacher_metrics["teacher/test_acc"], 1e-9)
+        metrics["distill/size_ratio"] = teacher_metrics["teacher/params"] / metrics["params"]["params_total"]
     if trainer.is_global_zero:  # under DDP every rank has the metrics; one writes them
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,10 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
     for key in ("val/acc", "val/f1", "test/acc", "test/f1"):
         if key in metrics:
             table.add_row(key, f"{metrics[key]:.4f}")
+    if "teacher/test_acc" in metrics:
+        table.add_row("teacher test/acc", f"{metrics['teacher/test_acc']:.4f} ({metrics['teacher/params']:,} params)")
+        table.add_row("student / teacher", f"{metrics['distill/teacher_share']:.1%} of the accuracy, "
+                      f"{metrics['distill/size_ratio']:.1f}x fewer parameters")
     table.add_row("params", f"{metrics['params']['params_total']:,} ({metrics['params']['params_non_embedding']:,} "
                   "outside embeddings)")
     data = metrics["data"]

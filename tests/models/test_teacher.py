@@ -6,24 +6,11 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from speedtrain.errors import UserError
 from speedtrain.models.teacher import load_classifier, load_tokenizer, resolve_source
 from speedtrain.pipeline import run
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher_dir(tmp_path_factory):
-    """A randomly initialised 1-layer BERT with MiniLM's tokenizer, saved as a Hugging Face folder."""
-    folder = tmp_path_factory.mktemp("tiny-teacher")
-    tokenizer = load_tokenizer("minilm")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_minilm_loads_offline_with_a_new_head():

@@ -107,6 +107,14 @@ class TextDataModule(pl.LightningDataModule):
 
         return self.splits.map(encode, batched=True, remove_columns=["text"], desc="tokenizing")
 
+    def attach_teacher_logits(self, logits) -> None:
+        """Add the teacher's logits (N_train, C) to the training split as ``teacher_logits``."""
+        assert self.encoded is not None and len(logits) == len(self.encoded["train"])
+        train = self.encoded["train"]
+        if "teacher_logits" in train.column_names:
+            train = train.remove_columns("teacher_logits")
+        self.encoded["train"] = train.add_column("teacher_logits", [row.tolist() for row in logits])
+
     def prepare_data(self) -> None:
         self.prepare()
 

@@ -66,6 +66,11 @@ class ClassifierModule(pl.LightningModule):
         loss = self.loss_fn(logits.float(), batch["labels"])
         self.train_acc(logits, batch["labels"])
         self.log("train/loss", loss, prog_bar=True)
+        self.log_train_step_stats(batch)
+        return loss
+
+    def log_train_step_stats(self, batch: Batch) -> None:
+        """Log train/acc (updated by the step), the learning rate and the throughput."""
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         now = time.perf_counter()
@@ -73,7 +78,6 @@ class ClassifierModule(pl.LightningModule):
             samples = batch["labels"].shape[0] * self.trainer.world_size
             self.log("perf/samples_per_s", samples / (now - self._last_step_time))
         self._last_step_time = now
-        return loss
 
     def on_train_epoch_start(self) -> None:
         self._last_step_time = None
