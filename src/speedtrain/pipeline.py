@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from speedtrain.data.datamodule import TextDataModule
-from speedtrain.distill.teacher import attach_teacher
+from speedtrain.distill.teacher import attach_teacher, student_vs_teacher
 from speedtrain.errors import UserError
 from speedtrain.loggers import build_loggers
 from speedtrain.models.student import count_parameters
@@ -59,9 +59,7 @@ def run(cfg: DictConfig) -> float | None:
         timings={"data_s": data_s, "fit_s": fit_s, "total_s": time.perf_counter() - started},
     )
     if teacher_metrics:
-        metrics.update(teacher_metrics)
-        metrics["distill/teacher_share"] = metrics.get("test/acc", 0.0) / max(teacher_metrics["teacher/test_acc"], 1e-9)
-        metrics["distill/size_ratio"] = teacher_metrics["teacher/params"] / metrics["params"]["params_total"]
+        metrics.update(teacher_metrics, **student_vs_teacher(metrics, teacher_metrics))
     if trainer.is_global_zero:  # under DDP every rank has the metrics; one writes them
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -38,3 +38,11 @@ def attach_teacher(teacher_cfg: DictConfig, datamodule: TextDataModule, cache_di
             key = "val" if split == "validation" else split
             metrics[f"teacher/{key}_acc"] = float(np.mean(logits.argmax(1) == np.asarray(ds["label"])))
     return metrics
+
+
+def student_vs_teacher(student: dict, teacher: dict) -> dict:
+    """``distill/teacher_share``: student test accuracy / teacher's; ``distill/size_ratio``: teacher / student params."""
+    return {
+        "distill/teacher_share": student.get("test/acc", 0.0) / max(teacher["teacher/test_acc"], 1e-9),
+        "distill/size_ratio": teacher["teacher/params"] / student["params"]["params_total"],
+    }
