@@ -42,3 +42,16 @@ def test_teacher_experiment_fine_tunes_and_saves_a_hf_folder(make_cfg, tmp_path,
     assert tokenizer("Live horses")["input_ids"] == load_tokenizer("minilm")("Live horses")["input_ids"]
     reloaded = load_classifier(str(out / "model"), num_labels=96, fine_tuned=True)  # teacher.path use later
     assert torch.equal(reloaded.classifier.weight, teacher.classifier.weight)
+
+
+def test_pretrained_model_trains_in_train_mode():
+    from functools import partial
+
+    import torch
+
+    from speedtrain.lit.classifier import ClassifierModule
+
+    model = load_classifier("minilm", num_labels=3)
+    assert not model.training  # from_pretrained hands it over in eval mode: dropout off
+    module = ClassifierModule(model, 3, optimizer=partial(torch.optim.AdamW, lr=1e-4))
+    assert module.model.training and all(m.training for m in module.model.modules())

@@ -48,7 +48,9 @@ class ClassifierModule(pl.LightningModule):
         warmup_ratio: float = 0.1,
     ) -> None:
         super().__init__()
-        self.model, self.optimizer_fn, self.scheduler_fn, self.warmup_ratio = model, optimizer, scheduler, warmup_ratio
+        # from_pretrained returns eval mode and Lightning keeps the modes it finds: train mode turns dropout on
+        self.model = model.train()
+        self.optimizer_fn, self.scheduler_fn, self.warmup_ratio = optimizer, scheduler, warmup_ratio
         self.loss_fn = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_labels, average="micro")
         self.val_acc = MulticlassAccuracy(num_labels, average="micro")
