@@ -54,3 +54,16 @@ def test_fast_dev_run_evaluates_weights_in_memory(make_cfg, tmp_path):
     run(make_cfg("+experiment=baseline", "debug=fdr"))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["best_checkpoint"] is None and metrics["global_step"] == 1 and "test/acc" in metrics
+
+
+def test_own_csv_file_end_to_end(make_cfg, tmp_path, product_rows):
+    from tests.conftest import write_csv
+
+    train = write_csv(tmp_path / "products.csv", product_rows * 3)  # 180 rows, 3 labels
+    run(make_cfg("+experiment=baseline", "data=files", f"data.train={train}", "data.text_column=title",
+                 "data.label_column=cat", "tokenizer.vocab_size=100"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["data"]["num_labels"] == 3 and metrics["data"]["train"] + metrics["data"]["validation"] + \
+        metrics["data"]["test"] == 180
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model")
+    assert sorted(student.config.id2label.values()) == ["fruit", "shoes", "tools"]
