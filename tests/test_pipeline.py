@@ -67,3 +67,10 @@ def test_own_csv_file_end_to_end(make_cfg, tmp_path, product_rows):
         metrics["data"]["test"] == 180
     student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model")
     assert sorted(student.config.id2label.values()) == ["fruit", "shoes", "tools"]
+
+
+def test_debug_settings_win_over_the_experiment(make_cfg, tmp_path):
+    # +experiment=baseline sets max_epochs=15 and comes after debug in the defaults list; debug=limit still wins
+    run(make_cfg("+experiment=baseline", "debug=limit"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["global_step"] == 5 and metrics["epochs"] == 1

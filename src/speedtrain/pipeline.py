@@ -27,6 +27,7 @@ def run(cfg: DictConfig) -> float | None:
     Writes ``<output_dir>/metrics.json``, ``checkpoints/`` and ``model/`` (a Hugging Face folder of the best
     checkpoint: ``AutoModelForSequenceClassification`` and ``AutoTokenizer`` load it).
     """
+    cfg = apply_debug(cfg)
     check_config(cfg)
     started = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
@@ -113,6 +114,13 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     bar = cfg.trainer.get("enable_progress_bar", True)
     nodes = (cfg.get("callbacks") or {}).values()
     return [instantiate(n) for n in nodes if n is not None and (bar or "ProgressBar" not in n.get("_target_", ""))]
+
+
+def apply_debug(cfg: DictConfig) -> DictConfig:
+    """Merge ``debug.trainer`` (set by ``debug=fdr|limit|overfit``) over ``trainer``, so it wins over the experiment."""
+    if not cfg.get("debug") or not cfg.debug.get("trainer"):
+        return cfg
+    return OmegaConf.merge(cfg, {"trainer": cfg.debug.trainer})
 
 
 def check_config(cfg: DictConfig) -> None:
