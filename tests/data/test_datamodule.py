@@ -37,8 +37,7 @@ def test_batches_are_padded_to_the_longest_text(tmp_path):
     batch = next(iter(dm.val_dataloader()))
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
     lengths = batch["attention_mask"].sum(1)
-    assert batch["input_ids"].shape == (len(dm.encoded["validation"]) if len(dm.encoded["validation"]) < 256 else 256,
-                                        int(lengths.max()))
+    assert batch["input_ids"].shape == (min(len(dm.encoded["validation"]), 256), int(lengths.max()))
     assert int(lengths.max()) <= 16  # truncated to max_length
     assert torch.all(batch["input_ids"][batch["attention_mask"] == 0] == dm.tokenizer.pad_token_id)
     assert next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 8

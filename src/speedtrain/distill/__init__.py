@@ -1,1 +1,1 @@
-"""Knowledge distillation: losses (and, next, the teacher-logit cache)."""
+"""Knowledge distillation: the KD loss, the teacher-logit cache and bringing a fine-tuned teacher to a run."""

@@ -1,7 +1,7 @@
 """The teacher's logits for the training texts, computed once and cached, so a training step runs only the student.
 
-The cache key covers the teacher's weights (a hash of its folder's weight files), its tokenizer settings, the
-texts in order and the input length: other data or another teacher is recomputed, never silently reused.
+The cache key covers the teacher folder's weights, config and tokenizer files, the texts in order and the input
+length: other data or another teacher is recomputed, never silently reused.
 """
 
 from __future__ import annotations
@@ -35,10 +35,13 @@ def teacher_logits(
     return out
 
 
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
 def weights_digest(folder: str | Path) -> str:
-    """A hash of the model's weight files (``*.safetensors``/``*.bin``) and config."""
+    """A hash of a model folder's weight files (``*.safetensors``/``*.bin``), config and tokenizer files."""
     h = hashlib.sha256()
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json")
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin") or p.name in MODEL_FILES)
     for path in files:
         h.update(path.name.encode())
         with open(path, "rb") as f:
