@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import zipfile
+
 import pytest
 from omegaconf import OmegaConf
 
 from speedtrain.config import compose_config, config_dir
+from tests.conftest import REPO
 
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir() and not p.name.startswith("_"))
 CHOICES = [
@@ -48,10 +54,22 @@ def test_bert_mini_shape(tmp_path):
     assert (cfg.model.num_hidden_layers, cfg.model.hidden_size, cfg.model.num_attention_heads) == (4, 256, 4)
 
 
-def test_conf_is_packaged():
-    # train.py's conf/ and the installed package's configs are the same files
-    assert (config_dir() / "train.yaml").is_file()
-    assert (config_dir() / "experiment" / "baseline.yaml").is_file()
+def test_wheel_ships_every_config(tmp_path):
+    """An installed (non-editable) speedtrain finds the same configs as train.py: conf/ is inside the wheel."""
+    src = tmp_path / "checkout"  # build a copy: building in the repository would write build/ and egg-info there
+    src.mkdir()
+    for item in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / item, src / item)
+    for item in ("conf", "src"):
+        shutil.copytree(REPO / item, src / item, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
+                           str(src)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("speedtrain-*.whl")
+    shipped = {n.removeprefix("speedtrain/conf/") for n in zipfile.ZipFile(wheel).namelist()
+               if n.startswith("speedtrain/conf/") and n.endswith(".yaml")}
+    in_repo = {str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
+    assert shipped == in_repo and "experiment/baseline.yaml" in shipped
 
 
 def test_teacher_experiment(tmp_path):
