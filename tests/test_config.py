@@ -54,8 +54,8 @@ def test_bert_mini_shape(tmp_path):
     assert (cfg.model.num_hidden_layers, cfg.model.hidden_size, cfg.model.num_attention_heads) == (4, 256, 4)
 
 
-def test_wheel_ships_every_config(tmp_path):
-    """An installed (non-editable) speedtrain finds the same configs as train.py: conf/ is inside the wheel."""
+def test_wheel_ships_every_config_and_module(tmp_path):
+    """An installed (non-editable) speedtrain has every module and the same configs as train.py."""
     src = tmp_path / "checkout"  # build a copy: building in the repository would write build/ and egg-info there
     src.mkdir()
     for item in ("pyproject.toml", "README.md"):
@@ -70,6 +70,9 @@ def test_wheel_ships_every_config(tmp_path):
                if n.startswith("speedtrain/conf/") and n.endswith(".yaml")}
     in_repo = {str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
     assert shipped == in_repo and "experiment/baseline.yaml" in shipped
+    modules = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py") and not n.startswith("speedtrain/conf")}
+    in_src = {str(p.relative_to(REPO / "src")) for p in (REPO / "src").rglob("*.py")}
+    assert modules == in_src and "speedtrain/distill/losses.py" in modules
 
 
 def test_teacher_experiment(tmp_path):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -14,33 +15,107 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from speedtrain.data.datamodule import TextDataModule
-from speedtrain.distill.teacher import attach_teacher, student_vs_teacher
+from speedtrain.distill.teacher import (
+    attach_teacher,
+    cached_teacher,
+    is_teacher_run,
+    store_teacher,
+    student_vs_teacher,
+    teacher_key,
+    teacher_run_config,
+)
 from speedtrain.errors import UserError
-from speedtrain.loggers import build_loggers
+from speedtrain.loggers import build_loggers, finish_wandb
 from speedtrain.models.student import count_parameters
 from speedtrain.summary import print_summary
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float | None:
     """Train the configured model and return ``metrics[cfg.objective]`` (for Hydra sweepers).
 
     Writes ``<output_dir>/metrics.json``, ``checkpoints/`` and ``model/`` (a Hugging Face folder of the best
-    checkpoint: ``AutoModelForSequenceClassification`` and ``AutoTokenizer`` load it).
+    checkpoint: ``AutoModelForSequenceClassification`` and ``AutoTokenizer`` load it). A distillation run
+    without a cached teacher first fine-tunes one (stage 1) into ``<output_dir>/teacher/``.
     """
     cfg = apply_debug(cfg)
     check_config(cfg)
+    try:
+        return _run(cfg)
+    finally:
+        finish_wandb()
+
+
+def _run(cfg: DictConfig) -> float | None:
     started = time.perf_counter()
-    pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     datamodule.prepare()
-    data_s = time.perf_counter() - started
-    model = build_model(cfg, datamodule)
+    timings = {"data_s": time.perf_counter() - started}
+    if not cfg.get("distill"):
+        store = is_teacher_run(cfg) and cfg.teacher.get("cache", True)
+        key = teacher_key(cfg, datamodule.data_digest) if store else None
+        metrics = fit_and_evaluate(cfg, datamodule, started, timings, store_teacher_as=key)
+        return metrics.get(cfg.objective)
+    loss = instantiate(cfg.distill.loss)  # a bad alpha/T fails before any teacher work
+    teacher_dir, stage1 = ensure_teacher(cfg, datamodule)
+    distill = {"loss": loss, "teacher_dir": teacher_dir, "stage1": stage1}
+    return fit_and_evaluate(cfg, datamodule, started, timings, distill=distill).get(cfg.objective)
+
+
+def ensure_teacher(cfg: DictConfig, datamodule: TextDataModule) -> tuple[str, dict]:
+    """The fine-tuned teacher's folder: ``teacher.path``, a cached teacher, or one fine-tuned now (stage 1).
+
+    Returns:
+        The folder and what stage 1 did (``teacher/cached``, ``teacher/key``, ``teacher/fit_s``).
+    """
+    started, t = time.perf_counter(), cfg.teacher
+    if t.get("path"):
+        return t.path, {}
+    if not t.get("source"):
+        raise UserError("distillation needs a teacher: pick one (teacher=minilm) or pass teacher.path=<folder> of "
+                        "a fine-tuned teacher")
+    teacher_cfg = teacher_run_config(cfg, Path(cfg.paths.output_dir) / "teacher")
+    teacher_data = build_datamodule(teacher_cfg)
+    teacher_data.prepare()
+    timings = {"data_s": time.perf_counter() - started}
+    key = teacher_key(teacher_cfg, teacher_data.data_digest)
+    found = cached_teacher(cfg.paths.cache_dir, key) if t.get("cache", True) else None
+    if found is not None:
+        log.info("Using the cached teacher %s", found)
+        return str(found), {"teacher/cached": True, "teacher/key": key}
+    log.info("Stage 1/2: fine-tuning the teacher %s (no cached teacher %s)", t.source, key)
+    metrics = fit_and_evaluate(teacher_cfg, teacher_data, started, timings, stage="teacher",
+                               store_teacher_as=key if t.get("cache", True) else None)
+    log.info("Stage 2/2: distilling the teacher into the student")
+    folder = cached_teacher(cfg.paths.cache_dir, key) or Path(teacher_cfg.paths.output_dir) / "model"
+    return str(folder), {"teacher/cached": False, "teacher/key": key,
+                         "teacher/fit_s": metrics["timings"]["total_s"]}
+
+
+def fit_and_evaluate(
+    cfg: DictConfig, datamodule: TextDataModule, started: float, timings: dict, stage: str = "",
+    distill: dict | None = None, store_teacher_as: str | None = None,
+) -> dict:
+    """Fit ``cfg``'s model, evaluate its best checkpoint, write ``metrics.json`` and ``model/``; return the metrics.
+
+    Args:
+        started: ``perf_counter()`` at the start of the run; timings: what the run measured so far (data_s).
+        stage: ``"teacher"`` for stage 1 of a distillation run: its metrics are logged with that prefix and
+            the run's config is not logged again.
+        distill: ``loss`` (the KD loss), ``teacher_dir`` (a fine-tuned teacher) and ``stage1`` (what stage 1 did).
+        store_teacher_as: a teacher-cache key: the fine-tuned model is stored in the teacher cache under it.
+    """
     teacher_metrics, extra = {}, {}
-    if cfg.get("distill"):  # the student learns from a fine-tuned teacher's logits
-        extra["loss"] = instantiate(cfg.distill.loss)  # first: a bad alpha/T fails before any teacher work
-        teacher_metrics = attach_teacher(cfg.teacher, datamodule, cfg.paths.cache_dir)
+    if distill:  # the student learns from a fine-tuned teacher's logits
+        extra["loss"] = distill["loss"]
+        teacher_metrics = attach_teacher(cfg.teacher, distill["teacher_dir"], datamodule, cfg.paths.cache_dir)
+        teacher_metrics.update(distill["stage1"])
+        timings["teacher_s"] = time.perf_counter() - started - timings["data_s"]  # stage 1 and the logits
+    pl.seed_everything(cfg.seed, workers=True)  # the same student whether or not stage 1 ran before
+    model = build_model(cfg, datamodule)
     module = instantiate(cfg.module, model=model, num_labels=datamodule.num_labels, **extra)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, prefix=stage)
 
     fit_started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -57,7 +132,7 @@ def run(cfg: DictConfig) -> float | None:
         params=count_parameters(model),
         data={split: len(ds) for split, ds in datamodule.splits.items()}
         | {"num_labels": datamodule.num_labels, "vocab_size": len(datamodule.tokenizer)},
-        timings={"data_s": data_s, "fit_s": fit_s, "total_s": time.perf_counter() - started},
+        timings={**timings, "fit_s": fit_s, "total_s": time.perf_counter() - started},
     )
     if teacher_metrics:
         metrics.update(teacher_metrics, **student_vs_teacher(metrics, teacher_metrics))
@@ -67,8 +142,12 @@ def run(cfg: DictConfig) -> float | None:
         model.save_pretrained(output_dir / "model")  # the best checkpoint's weights: _evaluate loaded them
         datamodule.tokenizer.save_pretrained(output_dir / "model")
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        print_summary(metrics, output_dir)
-    return metrics.get(cfg.objective)
+        if store_teacher_as:
+            metrics["teacher_cache"] = str(store_teacher(output_dir / "model", cfg.paths.cache_dir,
+                                                         store_teacher_as, metrics))
+        print_summary(metrics, output_dir, title=f"speedtrain {stage or 'run'}")
+    trainer.strategy.barrier()  # other ranks read model/ and the teacher cache only once rank 0 wrote them
+    return metrics
 
 
 def build_model(cfg: DictConfig, datamodule: TextDataModule):
@@ -82,11 +161,16 @@ def build_model(cfg: DictConfig, datamodule: TextDataModule):
     )
 
 
-def build_trainer(cfg: DictConfig) -> pl.Trainer:
-    """The Lightning Trainer of ``cfg.trainer`` with the configured callbacks and loggers (config logged)."""
-    loggers = build_loggers(cfg.get("logger"), cfg.paths.output_dir)
+def build_trainer(cfg: DictConfig, prefix: str = "") -> pl.Trainer:
+    """The Lightning Trainer of ``cfg.trainer`` with the configured callbacks and loggers.
+
+    Args:
+        prefix: logged metric names start with it (stage 1's ``teacher``), and the config is not logged: the
+            distillation run that follows logs its own.
+    """
+    loggers = build_loggers(cfg.get("logger"), cfg.paths.output_dir, prefix=prefix)
     trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
-    for logger in loggers:
+    for logger in loggers if not prefix else []:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return trainer
 
@@ -106,6 +190,7 @@ def build_datamodule(cfg: DictConfig) -> TextDataModule:
         val_fraction=d.val_fraction,
         test_fraction=d.test_fraction,
         split_seed=d.split_seed,
+        group_by_length=d.get("group_by_length", False),
     )
 
 

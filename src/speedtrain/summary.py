@@ -8,9 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 
-def print_summary(metrics: dict, output_dir: Path) -> None:
+def print_summary(metrics: dict, output_dir: Path, title: str = "speedtrain run") -> None:
     """Print the headline metrics, sizes and timings of a finished run."""
-    table = Table(title="speedtrain run", show_header=False)
+    table = Table(title=title, show_header=False)
     for key in ("val/acc", "val/f1", "test/acc", "test/f1"):
         if key in metrics:
             table.add_row(key, f"{metrics[key]:.4f}")
@@ -24,6 +24,7 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
     table.add_row("data", f"{data['train']:,} / {data['validation']:,} / {data['test']:,} texts, "
                   f"{data['num_labels']} labels, vocab {data['vocab_size']:,}")
     t = metrics["timings"]
-    table.add_row("time", f"{t['total_s']:.1f} s (data {t['data_s']:.1f} s, fit {t['fit_s']:.1f} s)")
+    teacher = f", teacher {t['teacher_s']:.1f} s" if "teacher_s" in t else ""
+    table.add_row("time", f"{t['total_s']:.1f} s (data {t['data_s']:.1f} s{teacher}, fit {t['fit_s']:.1f} s)")
     table.add_row("outputs", str(output_dir))
     Console().print(table)

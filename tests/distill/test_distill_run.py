@@ -52,8 +52,8 @@ def test_distill_end_to_end_and_logit_cache(make_cfg, tmp_path, fine_tuned_teach
 
 
 def test_distill_errors(make_cfg, fine_tuned_teacher, tmp_path):
-    with pytest.raises(UserError, match="set teacher.path="):
-        run(make_cfg("+experiment=distill"))
+    with pytest.raises(UserError, match="distillation needs a teacher"):
+        run(make_cfg("+experiment=distill", "teacher=none"))
     with pytest.raises(UserError, match="predicts 96 labels but the data has 21"):
         run(_distill(make_cfg, fine_tuned_teacher, "data.label=section"))
     with pytest.raises(UserError, match="no Hugging Face model folder"):
@@ -61,3 +61,50 @@ def test_distill_errors(make_cfg, fine_tuned_teacher, tmp_path):
     with pytest.raises(Exception) as err:
         run(_distill(make_cfg, fine_tuned_teacher, "distill.loss.alpha=1.5"))
     assert "distill.alpha=1.5 must be in [0, 1]" in str(err.value.__cause__ or err.value)
+
+
+def test_stage1_fine_tunes_the_teacher_once_and_caches_it(make_cfg, tmp_path, tiny_teacher_dir, isolated_cache):
+    """No teacher.path: stage 1 fine-tunes the teacher and stores it; the next run reuses it; other hparams refit."""
+    def distill(out, *overrides):
+        run(make_cfg("+experiment=distill", f"teacher.source={tiny_teacher_dir}", "teacher.max_length=24",
+                     "teacher.lr=1e-3", f"paths.output_dir={tmp_path / out}", *overrides))
+        return json.loads((tmp_path / out / "metrics.json").read_text())
+
+    first = distill("first", "logger=csv")
+    assert first["teacher/cached"] is False and first["teacher/fit_s"] > 0
+    cached = isolated_cache / "teachers" / first["teacher/key"]
+    assert first["teacher/dir"] == str(cached)  # the stored copy of what stage 1 fine-tuned is used
+    stage1 = (tmp_path / "first" / "teacher" / "model" / "model.safetensors").read_bytes()
+    assert (cached / "model.safetensors").read_bytes() == stage1
+    # stage 1 logged its own metrics, with the prefix, into its own folder
+    (csv,) = (tmp_path / "first" / "teacher" / "csv").glob("version_*/metrics.csv")
+    assert any(c.startswith("teacher-train/loss") for c in pd.read_csv(csv).columns)
+
+    second = distill("second")
+    assert second["teacher/cached"] is True and second["teacher/key"] == first["teacher/key"]
+    assert not (tmp_path / "second" / "teacher").exists() and second["teacher/logits_from_cache"] is True
+    assert second["test/acc"] == first["test/acc"]  # the student does not depend on whether stage 1 ran
+
+    other = distill("other", "teacher.epochs=1")
+    assert other["teacher/cached"] is False and other["teacher/key"] != first["teacher/key"]
+
+
+def test_teacher_experiment_fills_the_cache_that_distill_reads(make_cfg, tmp_path, tiny_teacher_dir, isolated_cache):
+    # TINY_RUN's trainer.max_epochs=2 wins over +experiment=teacher's ${teacher.epochs}: the key sees 2 epochs
+    common = [f"teacher.source={tiny_teacher_dir}", "teacher.max_length=24", "teacher.lr=2e-3", "teacher.epochs=2"]
+    run(make_cfg("+experiment=teacher", *common, f"paths.output_dir={tmp_path / 't'}", tiny_student=False))
+    run(make_cfg("+experiment=distill", *common, f"paths.output_dir={tmp_path / 'd'}"))
+    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert metrics["teacher/cached"] is True
+    used = (isolated_cache / "teachers" / metrics["teacher/key"] / "model.safetensors").read_bytes()
+    assert used == (tmp_path / "t" / "model" / "model.safetensors").read_bytes()
+
+
+def test_an_incomplete_cached_teacher_is_ignored(make_cfg, tmp_path, tiny_teacher_dir, isolated_cache):
+    common = ["+experiment=distill", f"teacher.source={tiny_teacher_dir}", "teacher.max_length=24", "teacher.lr=3e-3"]
+    run(make_cfg(*common, f"paths.output_dir={tmp_path / 'a'}"))
+    key = json.loads((tmp_path / "a" / "metrics.json").read_text())["teacher/key"]
+    (isolated_cache / "teachers" / key / "speedtrain_teacher.json").unlink()  # as if a copy had been cut short
+    run(make_cfg(*common, f"paths.output_dir={tmp_path / 'b'}"))
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["teacher/cached"] is False
+    assert (isolated_cache / "teachers" / key / "speedtrain_teacher.json").is_file()

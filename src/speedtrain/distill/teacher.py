@@ -1,33 +1,119 @@
-"""Bring a fine-tuned teacher to a distillation run: its logits on every split, its accuracy, its size."""
+"""Bring a fine-tuned teacher to a distillation run.
+
+A distillation run needs a fine-tuned teacher. ``teacher.path`` names one to use as is; otherwise the run looks
+in the teacher cache (``<cache_dir>/teachers/<key>``) and, when nothing matches, fine-tunes the teacher first
+(stage 1, with the settings of ``+experiment=teacher``: :func:`teacher_run_config`) and stores it there.
+The key (:func:`teacher_key`) covers the pretrained weights, the data (texts and labels of every split, hence the
+label column and the split seed), the seed and every setting that changes the fine-tuned weights.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from speedtrain.config import config_dir
 from speedtrain.data.datamodule import TextDataModule
-from speedtrain.distill.logit_cache import cached_teacher_logits
+from speedtrain.data.tokenizer import save_atomically
+from speedtrain.distill.logit_cache import cached_teacher_logits, weights_digest
 from speedtrain.errors import UserError
-from speedtrain.models.teacher import load_classifier, load_tokenizer
+from speedtrain.models.teacher import load_classifier, load_tokenizer, resolve_source
+
+# Trainer settings that change what a fine-tuning run learns (the rest: logging, progress bars, ...)
+TRAINER_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "overfit_batches", "fast_dev_run",
+                "accumulate_grad_batches", "gradient_clip_val", "precision", "devices", "num_nodes")
+MARKER = "speedtrain_teacher.json"  # written last into a cached teacher folder: its metrics and key
 
 
-def attach_teacher(teacher_cfg: DictConfig, datamodule: TextDataModule, cache_dir: str) -> dict:
+def teacher_run_config(cfg: DictConfig, output_dir: str | Path) -> DictConfig:
+    """The config of stage 1: ``cfg`` with the model, tokenizer and hyperparameters of ``+experiment=teacher``.
+
+    The settings come from ``conf/experiment/teacher.yaml``, ``conf/model/pretrained.yaml`` and
+    ``conf/tokenizer/pretrained.yaml``, so ``+experiment=teacher`` and stage 1 fine-tune the same teacher.
+    """
+    conf = Path(config_dir())
+    experiment = OmegaConf.load(conf / "experiment" / "teacher.yaml")
+    experiment.pop("defaults", None)
+    new = OmegaConf.merge(cfg, experiment)
+    with open_dict(new):
+        OmegaConf.update(new, "model", OmegaConf.load(conf / "model" / "pretrained.yaml"), merge=False)
+        OmegaConf.update(new, "tokenizer", OmegaConf.load(conf / "tokenizer" / "pretrained.yaml"), merge=False)
+        new.module.pop("loss", None)
+        new.distill = None
+        new.seed = cfg.teacher.seed
+        wandb = (new.get("logger") or {}).get("wandb")
+        if wandb is not None:  # one W&B run per distillation run: stage 1 logs into it with the prefix "teacher"
+            wandb.save_dir = cfg.paths.output_dir
+        new.paths.output_dir = str(output_dir)
+        checkpoint = new.get("callbacks", {}).get("model_checkpoint")
+        if checkpoint is not None:  # the teacher goes to the cache as a HF folder: keep one small checkpoint
+            checkpoint.save_last, checkpoint.save_weights_only = False, True
+    return new
+
+
+def is_teacher_run(cfg: DictConfig) -> bool:
+    """Whether ``cfg`` fine-tunes the configured teacher itself (``+experiment=teacher``)."""
+    model = cfg.get("model") or {}
+    return (not cfg.get("distill") and model.get("_target_") == "speedtrain.models.teacher.load_classifier"
+            and bool(cfg.teacher.get("source")) and model.get("source") == cfg.teacher.source)
+
+
+def teacher_key(cfg: DictConfig, data_digest: str) -> str:
+    """The cache key of the teacher that the run config ``cfg`` (stage 1 or ``+experiment=teacher``) fine-tunes."""
+    source = resolve_source(cfg.model.source)
+    parts = {
+        "weights": weights_digest(source) if Path(source).is_dir() else source,
+        "data": data_digest,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "loader": {k: cfg.data.get(k) for k in ("batch_size", "max_length", "group_by_length")},
+        "module": OmegaConf.to_container(cfg.module, resolve=True),
+        "trainer": {k: cfg.trainer.get(k) for k in TRAINER_KEYS},
+        "seed": cfg.seed,
+    }
+    parts["model"].pop("source")  # covered by the weights digest (a folder may move)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def cached_teacher(cache_dir: str | Path, key: str) -> Path | None:
+    """The cached teacher folder for ``key``, or None (a folder without its marker is incomplete: ignored)."""
+    folder = Path(cache_dir).expanduser() / "teachers" / key
+    return folder if (folder / MARKER).is_file() else None
+
+
+def store_teacher(model_dir: str | Path, cache_dir: str | Path, key: str, metrics: dict) -> Path:
+    """Copy a fine-tuned teacher folder into the cache (atomically) with its metrics; returns the cached folder."""
+    folder = Path(cache_dir).expanduser() / "teachers" / key
+
+    def save(tmp: str) -> None:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        info = {"key": key, **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+        (Path(tmp) / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+
+    if folder.exists() and not (folder / MARKER).is_file():
+        shutil.rmtree(folder)  # a copy that an earlier crash left incomplete
+    save_atomically(save, folder)
+    return folder
+
+
+def attach_teacher(teacher_cfg: DictConfig, path: str | Path, datamodule: TextDataModule, cache_dir: str) -> dict:
     """Put the teacher's train logits into ``datamodule`` (cached) and return the teacher's metrics.
 
     Returns:
         ``teacher/val_acc``, ``teacher/test_acc``, ``teacher/params`` and ``teacher/logits_from_cache``.
     """
-    path = teacher_cfg.get("path")
-    if not path:
-        raise UserError("distillation needs a fine-tuned teacher: set teacher.path=<folder>; "
-                        "`python train.py +experiment=teacher` writes one to <its run folder>/model")
+    path = str(path)
     teacher = load_classifier(path, num_labels=datamodule.num_labels, fine_tuned=True)
     names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
     if names != datamodule.label_names:
         raise UserError(f"the teacher at teacher.path={path!r} was trained on other labels ({names[:5]}...) than "
                         f"the data's ({datamodule.label_names[:5]}...); fine-tune a teacher on this data")
     tokenizer = load_tokenizer(path)
-    metrics: dict = {"teacher/params": sum(p.numel() for p in teacher.parameters())}
+    metrics: dict = {"teacher/params": sum(p.numel() for p in teacher.parameters()), "teacher/dir": path}
     for split in ("train", "validation", "test"):
         ds = datamodule.splits[split]
         logits, cached = cached_teacher_logits(path, teacher, tokenizer, ds["text"], teacher_cfg.max_length, cache_dir)

@@ -100,7 +100,7 @@ class ClassifierModule(pl.LightningModule):
         self.log(f"{stage}/f1", f1)
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer_fn(params=self.parameters())
+        optimizer = self.optimizer_fn(params=[p for p in self.parameters() if p.requires_grad])
         if self.scheduler_fn is None:
             return {"optimizer": optimizer}
         total = int(self.trainer.estimated_stepping_batches)
