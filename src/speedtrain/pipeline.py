@@ -109,7 +109,9 @@ def fit_and_evaluate(
     teacher_metrics, extra = {}, {}
     if distill:  # the student learns from a fine-tuned teacher's logits
         extra["loss"] = distill["loss"]
-        teacher_metrics = attach_teacher(cfg.teacher, distill["teacher_dir"], datamodule, cfg.paths.cache_dir)
+        augment = cfg.distill.get("augment")
+        augment = OmegaConf.to_container(augment, resolve=True) if augment else None
+        teacher_metrics = attach_teacher(cfg.teacher, distill["teacher_dir"], datamodule, cfg.paths.cache_dir, augment)
         teacher_metrics.update(distill["stage1"])
         timings["teacher_s"] = time.perf_counter() - started - timings["data_s"]  # stage 1 and the logits
     pl.seed_everything(cfg.seed, workers=True)  # the same student whether or not stage 1 ran before

@@ -36,6 +36,8 @@ def test_distill_end_to_end_and_logit_cache(make_cfg, tmp_path, fine_tuned_teach
     assert 0 <= metrics["teacher/test_acc"] <= 1 and metrics["teacher/params"] > metrics["params"]["params_total"]
     assert metrics["distill/teacher_share"] == pytest.approx(metrics["test/acc"] / metrics["teacher/test_acc"])
     assert metrics["distill/size_ratio"] == pytest.approx(metrics["teacher/params"] / metrics["params"]["params_total"])
+    # the default transfer set: the training texts and up to 2 word-dropout variants of each
+    assert metrics["data"]["train"] * 2 < metrics["distill/transfer_set"] <= metrics["data"]["train"] * 3
     (csv,) = (tmp_path / "run" / "csv").glob("version_*/metrics.csv")
     logged = pd.read_csv(csv)
     assert logged["train/kd_loss"].notna().any() and logged["train/ce_loss"].notna().any()

@@ -107,13 +107,21 @@ class TextDataModule(pl.LightningDataModule):
             save_atomically(self._tokenize().save_to_disk, folder)
         self.encoded = datasets.load_from_disk(str(folder))
 
-    def _tokenize(self) -> datasets.DatasetDict:
+    def _tokenize(self, splits: datasets.DatasetDict | None = None) -> datasets.DatasetDict:
         tok = self.tokenizer
 
         def encode(batch: dict) -> dict:
             return tok(batch["text"], truncation=True, max_length=self.max_length, return_token_type_ids=False)
 
-        return self.splits.map(encode, batched=True, remove_columns=["text"], desc="tokenizing")
+        splits = self.splits if splits is None else splits
+        return splits.map(encode, batched=True, remove_columns=["text"], desc="tokenizing")
+
+    def add_train_texts(self, texts: list[str], labels: list[int]) -> None:
+        """Append more training inputs (a transfer set), tokenized like the rest; ``splits`` keeps the originals."""
+        assert self.encoded is not None
+        extra = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=self.splits["train"].features)
+        extra = self._tokenize(datasets.DatasetDict(train=extra))["train"]
+        self.encoded["train"] = datasets.concatenate_datasets([self.encoded["train"], extra])
 
     def attach_teacher_logits(self, logits) -> None:
         """Add the teacher's logits (N_train, C) to the training split as ``teacher_logits``."""

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from speedtrain.config import config_dir
 from speedtrain.data.datamodule import TextDataModule
 from speedtrain.data.tokenizer import save_atomically
+from speedtrain.distill.augment import word_dropout_variants
 from speedtrain.distill.logit_cache import cached_teacher_logits, weights_digest
 from speedtrain.errors import UserError
 from speedtrain.models.teacher import load_classifier, load_tokenizer, resolve_source
@@ -100,11 +101,20 @@ def store_teacher(model_dir: str | Path, cache_dir: str | Path, key: str, metric
     return folder
 
 
-def attach_teacher(teacher_cfg: DictConfig, path: str | Path, datamodule: TextDataModule, cache_dir: str) -> dict:
+def attach_teacher(
+    teacher_cfg: DictConfig, path: str | Path, datamodule: TextDataModule, cache_dir: str,
+    augment: DictConfig | None = None,
+) -> dict:
     """Put the teacher's train logits into ``datamodule`` (cached) and return the teacher's metrics.
 
+    Args:
+        augment: keyword arguments of :func:`~speedtrain.distill.augment.word_dropout_variants` (``copies``,
+            ``word_dropout``, ``word_swap``, ``seed``): the variants join the training split with the teacher's
+            logits (the transfer set). None or ``copies=0``: the training texts only.
+
     Returns:
-        ``teacher/val_acc``, ``teacher/test_acc``, ``teacher/params`` and ``teacher/logits_from_cache``.
+        ``teacher/val_acc``, ``teacher/test_acc``, ``teacher/params``, ``teacher/logits_from_cache`` and
+        ``distill/transfer_set`` (training inputs including the variants).
     """
     path = str(path)
     teacher = load_classifier(path, num_labels=datamodule.num_labels, fine_tuned=True)
@@ -118,8 +128,16 @@ def attach_teacher(teacher_cfg: DictConfig, path: str | Path, datamodule: TextDa
         ds = datamodule.splits[split]
         logits, cached = cached_teacher_logits(path, teacher, tokenizer, ds["text"], teacher_cfg.max_length, cache_dir)
         if split == "train":
+            variants = word_dropout_variants(list(ds["text"]), **augment) if augment else []
+            if variants:
+                texts = [text for _, text in variants]
+                datamodule.add_train_texts(texts, [ds["label"][i] for i, _ in variants])
+                extra, extra_cached = cached_teacher_logits(path, teacher, tokenizer, texts, teacher_cfg.max_length,
+                                                            cache_dir)
+                logits, cached = np.concatenate([logits, extra]), cached and extra_cached
             datamodule.attach_teacher_logits(logits)
             metrics["teacher/logits_from_cache"] = cached
+            metrics["distill/transfer_set"] = len(logits)
         else:
             key = "val" if split == "validation" else split
             metrics[f"teacher/{key}_acc"] = float(np.mean(logits.argmax(1) == np.asarray(ds["label"])))
