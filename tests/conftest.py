@@ -101,3 +101,14 @@ def tiny_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def fine_tuned_teacher(tiny_teacher_dir, tmp_path_factory):
+    """The tiny teacher fine-tuned on HS chapters by +experiment=teacher: its <run>/model folder."""
+    from speedtrain.pipeline import run
+
+    out = tmp_path_factory.mktemp("teacher-run")
+    run(compose_config([*TINY_RUN, "+experiment=teacher", f"teacher.source={tiny_teacher_dir}",
+                        "teacher.max_length=24", "data.eval_batch_size=64", f"paths.output_dir={out}"]))
+    return out / "model"

@@ -71,7 +71,7 @@ def ensure_teacher(cfg: DictConfig, datamodule: TextDataModule) -> tuple[str, di
     """
     started, t = time.perf_counter(), cfg.teacher
     if t.get("path"):
-        return t.path, {}
+        return t.path, {"teacher/source": str(t.path)}
     if not t.get("source"):
         raise UserError("distillation needs a teacher: pick one (teacher=minilm) or pass teacher.path=<folder> of "
                         "a fine-tuned teacher")
@@ -83,13 +83,13 @@ def ensure_teacher(cfg: DictConfig, datamodule: TextDataModule) -> tuple[str, di
     found = cached_teacher(cfg.paths.cache_dir, key) if t.get("cache", True) else None
     if found is not None:
         log.info("Using the cached teacher %s", found)
-        return str(found), {"teacher/cached": True, "teacher/key": key}
+        return str(found), {"teacher/cached": True, "teacher/key": key, "teacher/source": t.source}
     log.info("Stage 1/2: fine-tuning the teacher %s (no cached teacher %s)", t.source, key)
     metrics = fit_and_evaluate(teacher_cfg, teacher_data, started, timings, stage="teacher",
                                store_teacher_as=key if t.get("cache", True) else None)
     log.info("Stage 2/2: distilling the teacher into the student")
     folder = cached_teacher(cfg.paths.cache_dir, key) or Path(teacher_cfg.paths.output_dir) / "model"
-    return str(folder), {"teacher/cached": False, "teacher/key": key,
+    return str(folder), {"teacher/cached": False, "teacher/key": key, "teacher/source": t.source,
                          "teacher/fit_s": metrics["timings"]["total_s"]}
 
 
@@ -109,10 +109,17 @@ def fit_and_evaluate(
     teacher_metrics, extra = {}, {}
     if distill:  # the student learns from a fine-tuned teacher's logits
         extra["loss"] = distill["loss"]
-        augment = cfg.distill.get("augment")
-        augment = OmegaConf.to_container(augment, resolve=True) if augment else None
-        teacher_metrics = attach_teacher(cfg.teacher, distill["teacher_dir"], datamodule, cfg.paths.cache_dir, augment)
-        teacher_metrics.update(distill["stage1"])
+        d = cfg.distill
+        augment = OmegaConf.to_container(d.augment, resolve=True) if d.get("augment") else None
+        online = d.get("teacher_logits", "cache") == "online" or d.get("intermediate") is not None
+        teacher_metrics, teacher = attach_teacher(cfg.teacher, distill["teacher_dir"], datamodule,
+                                                  cfg.paths.cache_dir, augment, online=online)
+        teacher_metrics.update(distill["stage1"], **{"distill/teacher_logits": "online" if online else "cache"})
+        if online:
+            extra["teacher"] = teacher
+            extra["shared_tokens"] = datamodule.tokenizer.get_vocab() == datamodule.teacher_tokenizer.get_vocab()
+        if d.get("intermediate") is not None:
+            extra["intermediate"] = instantiate(d.intermediate, _partial_=True)
         timings["teacher_s"] = time.perf_counter() - started - timings["data_s"]  # stage 1 and the logits
     pl.seed_everything(cfg.seed, workers=True)  # the same student whether or not stage 1 ran before
     model = build_model(cfg, datamodule)

@@ -14,17 +14,6 @@ from speedtrain.pipeline import run
 from tests.conftest import TINY, TINY_RUN
 
 
-@pytest.fixture(scope="module")
-def fine_tuned_teacher(tiny_teacher_dir, tmp_path_factory):
-    """The tiny teacher fine-tuned on HS chapters by +experiment=teacher: its <run>/model folder."""
-    from speedtrain.config import compose_config
-
-    out = tmp_path_factory.mktemp("teacher-run")
-    run(compose_config([*TINY_RUN, "+experiment=teacher", f"teacher.source={tiny_teacher_dir}",
-                        "teacher.max_length=24", "data.eval_batch_size=64", f"paths.output_dir={out}"]))
-    return out / "model"
-
-
 def _distill(make_cfg, teacher, *overrides):
     return make_cfg("+experiment=distill", f"teacher.path={teacher}", "teacher.max_length=24", *overrides)
 

@@ -69,6 +69,7 @@ class TextDataModule(pl.LightningDataModule):
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.group_by_length = group_by_length
         self.data_digest: str | None = None  # hash of every split's texts and labels (not of the tokenizer)
+        self.teacher_tokenizer: PreTrainedTokenizerBase | None = None  # online distillation: batches carry both
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.splits: datasets.DatasetDict | None = None  # text + label
         self.encoded: datasets.DatasetDict | None = None  # input_ids + label
@@ -131,6 +132,15 @@ class TextDataModule(pl.LightningDataModule):
             train = train.remove_columns("teacher_logits")
         self.encoded["train"] = train.add_column("teacher_logits", [row.tolist() for row in logits])
 
+    def attach_teacher_inputs(self, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> None:
+        """Add the teacher's own tokenization of the training inputs ``texts`` (in the training split's order) as
+        ``teacher_input_ids``/``teacher_attention_mask``, for a teacher run online; batches then carry both."""
+        assert self.encoded is not None and len(texts) == len(self.encoded["train"])
+        enc = tokenizer(texts, truncation=True, max_length=max_length, return_token_type_ids=False)
+        train = self.encoded["train"].add_column("teacher_input_ids", enc["input_ids"])
+        self.encoded["train"] = train.add_column("teacher_attention_mask", enc["attention_mask"])
+        self.teacher_tokenizer = tokenizer
+
     def prepare_data(self) -> None:
         self.prepare()
 
@@ -138,7 +148,7 @@ class TextDataModule(pl.LightningDataModule):
         self.prepare()
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        collator = DataCollatorWithPadding(self.tokenizer, padding="longest", return_tensors="pt")
+        collator = PairCollator(self.tokenizer, self.teacher_tokenizer)
         dataset = self.encoded[split].rename_column("label", "labels")
         batch_size = self.batch_size if shuffle else self.eval_batch_size
         sampler = None
@@ -164,6 +174,24 @@ class TextDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+class PairCollator:
+    """Pads the student's inputs with its tokenizer and, when present, the teacher's (``teacher_*``) with its own."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, teacher_tokenizer: PreTrainedTokenizerBase | None = None):
+        self.student = DataCollatorWithPadding(tokenizer, padding="longest", return_tensors="pt")
+        self.teacher = DataCollatorWithPadding(teacher_tokenizer, return_tensors="pt") if teacher_tokenizer else None
+
+    def __call__(self, features: list[dict]) -> dict:
+        if self.teacher is None or "teacher_input_ids" not in features[0]:
+            return self.student(features)
+        teacher = [{"input_ids": f["teacher_input_ids"], "attention_mask": f["teacher_attention_mask"]}
+                   for f in features]
+        batch = self.student([{k: v for k, v in f.items() if not k.startswith("teacher_")} for f in features])
+        padded = self.teacher(teacher)
+        batch["teacher_input_ids"], batch["teacher_attention_mask"] = padded["input_ids"], padded["attention_mask"]
+        return batch
 
 
 def _content_hash(ds: datasets.Dataset) -> bytes:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -24,6 +25,9 @@ from speedtrain.distill.augment import word_dropout_variants
 from speedtrain.distill.logit_cache import cached_teacher_logits, weights_digest
 from speedtrain.errors import UserError
 from speedtrain.models.teacher import load_classifier, load_tokenizer, resolve_source
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Trainer settings that change what a fine-tuning run learns (the rest: logging, progress bars, ...)
 TRAINER_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "overfit_batches", "fast_dev_run",
@@ -103,18 +107,20 @@ def store_teacher(model_dir: str | Path, cache_dir: str | Path, key: str, metric
 
 def attach_teacher(
     teacher_cfg: DictConfig, path: str | Path, datamodule: TextDataModule, cache_dir: str,
-    augment: DictConfig | None = None,
-) -> dict:
-    """Put the teacher's train logits into ``datamodule`` (cached) and return the teacher's metrics.
+    augment: dict | None = None, online: bool = False,
+) -> tuple[dict, PreTrainedModel | None]:
+    """Bring the teacher's knowledge of the training inputs into ``datamodule``; return its metrics.
 
     Args:
         augment: keyword arguments of :func:`~speedtrain.distill.augment.word_dropout_variants` (``copies``,
-            ``word_dropout``, ``word_swap``, ``seed``): the variants join the training split with the teacher's
-            logits (the transfer set). None or ``copies=0``: the training texts only.
+            ``word_dropout``, ``word_swap``, ``seed``): the variants join the training split (the transfer set).
+            None or ``copies=0``: the training texts only.
+        online: instead of cached logits, the training split gets the teacher's tokenization and the teacher
+            itself is returned, to run every step.
 
     Returns:
-        ``teacher/val_acc``, ``teacher/test_acc``, ``teacher/params``, ``teacher/logits_from_cache`` and
-        ``distill/transfer_set`` (training inputs including the variants).
+        ``teacher/val_acc``, ``teacher/test_acc``, ``teacher/params``, ``teacher/logits_from_cache``,
+        ``distill/transfer_set`` (training inputs including the variants); and the teacher when ``online``.
     """
     path = str(path)
     teacher = load_classifier(path, num_labels=datamodule.num_labels, fine_tuned=True)
@@ -124,24 +130,31 @@ def attach_teacher(
                         f"the data's ({datamodule.label_names[:5]}...); fine-tune a teacher on this data")
     tokenizer = load_tokenizer(path)
     metrics: dict = {"teacher/params": sum(p.numel() for p in teacher.parameters()), "teacher/dir": path}
-    for split in ("train", "validation", "test"):
+
+    def logits_of(texts: list[str]) -> tuple[np.ndarray, bool]:
+        return cached_teacher_logits(path, teacher, tokenizer, texts, teacher_cfg.max_length, cache_dir)
+
+    for split, key in (("validation", "val"), ("test", "test")):  # the teacher's own accuracy (cached logits)
         ds = datamodule.splits[split]
-        logits, cached = cached_teacher_logits(path, teacher, tokenizer, ds["text"], teacher_cfg.max_length, cache_dir)
-        if split == "train":
-            variants = word_dropout_variants(list(ds["text"]), **augment) if augment else []
-            if variants:
-                texts = [text for _, text in variants]
-                datamodule.add_train_texts(texts, [ds["label"][i] for i, _ in variants])
-                extra, extra_cached = cached_teacher_logits(path, teacher, tokenizer, texts, teacher_cfg.max_length,
-                                                            cache_dir)
-                logits, cached = np.concatenate([logits, extra]), cached and extra_cached
-            datamodule.attach_teacher_logits(logits)
-            metrics["teacher/logits_from_cache"] = cached
-            metrics["distill/transfer_set"] = len(logits)
-        else:
-            key = "val" if split == "validation" else split
-            metrics[f"teacher/{key}_acc"] = float(np.mean(logits.argmax(1) == np.asarray(ds["label"])))
-    return metrics
+        logits, _ = logits_of(list(ds["text"]))
+        metrics[f"teacher/{key}_acc"] = float(np.mean(logits.argmax(1) == np.asarray(ds["label"])))
+    train = datamodule.splits["train"]
+    texts = list(train["text"])
+    variants = word_dropout_variants(texts, **augment) if augment else []
+    if variants:
+        datamodule.add_train_texts([v for _, v in variants], [train["label"][i] for i, _ in variants])
+    texts_all = texts + [v for _, v in variants]
+    metrics["distill/transfer_set"] = len(texts_all)
+    if online:
+        datamodule.attach_teacher_inputs(tokenizer, texts_all, teacher_cfg.max_length)
+        return metrics, teacher
+    logits, cached = logits_of(texts)
+    if variants:  # cached separately: the training texts' logits stay valid when the augmentation changes
+        extra, extra_cached = logits_of(texts_all[len(texts):])
+        logits, cached = np.concatenate([logits, extra]), cached and extra_cached
+    datamodule.attach_teacher_logits(logits)
+    metrics["teacher/logits_from_cache"] = cached
+    return metrics, None
 
 
 def student_vs_teacher(student: dict, teacher: dict) -> dict:

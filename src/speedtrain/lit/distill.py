@@ -1,21 +1,34 @@
-"""DistillModule: the student learns from the teacher's (cached) logits and the labels.
+"""DistillModule: the student learns from the teacher's logits (cached or computed online) and the labels.
 
 Logs everything :class:`~speedtrain.lit.classifier.ClassifierModule` logs, plus:
 
-=================  ======================================================
-``train/kd_loss``  T^2 * KL(teacher || student) of the batch, before alpha
-``train/ce_loss``  cross-entropy with the labels, before (1 - alpha)
-=================  ======================================================
+========================  ===========================================================
+``train/kd_loss``         T^2 * KL(teacher || student) of the batch, before alpha
+``train/ce_loss``         cross-entropy with the labels, before (1 - alpha)
+``train/hidden_loss``     weighted hidden-state MSE (``distill=logits_hidden`` only)
+``train/attention_loss``  weighted attention KL (``distill=logits_hidden`` only)
+========================  ===========================================================
 
-The batch carries ``teacher_logits`` (B, C), computed once by :mod:`speedtrain.distill.logit_cache`, so a
-step runs only the student; the teacher is never part of this module, its optimizer or its checkpoints.
+Two ways to get the teacher's logits:
+
+* cache (default): the batch carries ``teacher_logits`` (B, C), computed once by
+  :mod:`speedtrain.distill.logit_cache`; a step runs only the student.
+* online: the batch carries the teacher's own tokenization (``teacher_input_ids``, ``teacher_attention_mask``)
+  beside the student's, and the teacher runs every step under ``no_grad``, in eval mode, with the run's
+  precision. Intermediate losses need this.
+
+The teacher is kept out of Lightning's view (not a submodule): it is never in the optimizer, the checkpoints,
+or a DeepSpeed-partitioned model; the module moves it to its device when fitting starts.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
 
-from speedtrain.distill.losses import KDLoss
+import torch
+from torch import nn
+
+from speedtrain.distill.losses import IntermediateLoss, KDLoss
 from speedtrain.lit.classifier import Batch, ClassifierModule
 
 
@@ -24,17 +37,62 @@ class DistillModule(ClassifierModule):
 
     Args:
         loss: the distillation loss; the other arguments are :class:`ClassifierModule`'s.
+        teacher: the fine-tuned teacher, for online distillation (None: the batches carry cached logits).
+        intermediate: ``partial`` of :class:`IntermediateLoss` (completed here with both widths and
+            ``shared_tokens``) for hidden-state and attention terms; needs ``teacher``.
+        shared_tokens: the student reads the teacher's tokens (same tokenizer).
     """
 
-    def __init__(self, *args, loss: KDLoss, **kwargs) -> None:
+    def __init__(
+        self, *args, loss: KDLoss, teacher: nn.Module | None = None,
+        intermediate: Callable[..., IntermediateLoss] | None = None, shared_tokens: bool = False, **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.kd = loss
+        self._teacher = (teacher.eval().requires_grad_(False),) if teacher is not None else ()  # hidden: see above
+        self.intermediate = None
+        if intermediate is not None:
+            assert teacher is not None, "intermediate losses need the teacher online"
+            s, t = self.model.config, teacher.config
+            self.intermediate = intermediate(student_width=s.hidden_size, teacher_width=t.hidden_size,
+                                             student_layers=s.num_hidden_layers, teacher_layers=t.num_hidden_layers,
+                                             shared_tokens=shared_tokens)
+            if self.intermediate.attention_weight > 0:  # SDPA kernels return no attention maps
+                self.model.set_attn_implementation("eager")
+                teacher.set_attn_implementation("eager")
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:  # same device as the student; bf16-true/fp16-true runs: same dtype too
+            dtype = next(self.model.parameters()).dtype
+            self.teacher.to(device=self.device, dtype=dtype).eval()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["attention_mask"])  # (B, C)
-        out = self.kd(logits, batch["teacher_logits"], batch["labels"])
+        inter = self.intermediate
+        attentions = inter is not None and inter.attention_weight > 0
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         output_hidden_states=inter is not None, output_attentions=attentions)
+        logits = out.logits  # (B, C)
+        if "teacher_logits" in batch:
+            teacher_logits, t_out = batch["teacher_logits"], None
+        else:
+            with torch.no_grad():
+                t_out = self.teacher(input_ids=batch["teacher_input_ids"],
+                                     attention_mask=batch["teacher_attention_mask"],
+                                     output_hidden_states=inter is not None, output_attentions=attentions)
+            teacher_logits = t_out.logits
+        kd = self.kd(logits, teacher_logits, batch["labels"])
+        loss = kd.loss
+        self.log_dict({"train/kd_loss": kd.kd_loss, "train/ce_loss": kd.ce_loss})
+        if inter is not None:
+            parts = inter(out.hidden_states, t_out.hidden_states, batch["attention_mask"],
+                          batch["teacher_attention_mask"], out.attentions, t_out.attentions)
+            loss = loss + parts.hidden_loss + parts.attention_loss
+            self.log_dict({"train/hidden_loss": parts.hidden_loss, "train/attention_loss": parts.attention_loss})
         self.train_acc(logits, batch["labels"])
-        self.log("train/loss", out.loss, prog_bar=True)
-        self.log_dict({"train/kd_loss": out.kd_loss, "train/ce_loss": out.ce_loss})
+        self.log("train/loss", loss, prog_bar=True)
         self.log_train_step_stats(batch)
-        return out.loss
+        return loss
