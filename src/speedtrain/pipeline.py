@@ -13,6 +13,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig
 
 from speedtrain.data.datamodule import TextDataModule
 from speedtrain.distill.teacher import (
@@ -27,6 +28,7 @@ from speedtrain.distill.teacher import (
 from speedtrain.errors import UserError
 from speedtrain.loggers import build_loggers, finish_wandb
 from speedtrain.models.student import count_parameters
+from speedtrain.models.teacher import load_tokenizer
 from speedtrain.summary import print_summary
 
 log = logging.getLogger(__name__)
@@ -111,15 +113,19 @@ def fit_and_evaluate(
         extra["loss"] = distill["loss"]
         d = cfg.distill
         augment = OmegaConf.to_container(d.augment, resolve=True) if d.get("augment") else None
-        online = d.get("teacher_logits", "cache") == "online" or d.get("intermediate") is not None
+        inter = d.get("intermediate")
+        shared = load_tokenizer(distill["teacher_dir"]).get_vocab() == datamodule.tokenizer.get_vocab()
+        # token-level intermediate terms need the teacher online; per-text ones (other tokenizers) are cached
+        online = d.get("teacher_logits", "cache") == "online" or (inter is not None and shared)
+        layers = tuple(t for _, t in inter.layer_map) if inter is not None and not online else ()
         teacher_metrics, teacher = attach_teacher(cfg.teacher, distill["teacher_dir"], datamodule,
-                                                  cfg.paths.cache_dir, augment, online=online)
+                                                  cfg.paths.cache_dir, augment, online=online, hidden_layers=layers)
         teacher_metrics.update(distill["stage1"], **{"distill/teacher_logits": "online" if online else "cache"})
-        if online:
-            extra["teacher"] = teacher
-            extra["shared_tokens"] = datamodule.tokenizer.get_vocab() == datamodule.teacher_tokenizer.get_vocab()
-        if d.get("intermediate") is not None:
-            extra["intermediate"] = instantiate(d.intermediate, _partial_=True)
+        extra.update(teacher=teacher, shared_tokens=shared)
+        if inter is not None:
+            extra["intermediate"] = instantiate(inter, _partial_=True)
+            t = AutoConfig.from_pretrained(distill["teacher_dir"])  # the sizes as a dict (Hydra would convert a config)
+            extra["teacher_config"] = {"hidden_size": t.hidden_size, "num_hidden_layers": t.num_hidden_layers}
         timings["teacher_s"] = time.perf_counter() - started - timings["data_s"]  # stage 1 and the logits
     pl.seed_everything(cfg.seed, workers=True)  # the same student whether or not stage 1 ran before
     model = build_model(cfg, datamodule)

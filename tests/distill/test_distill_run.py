@@ -38,6 +38,9 @@ def test_distill_end_to_end_and_logit_cache(make_cfg, tmp_path, fine_tuned_teach
     monkeypatch.setattr(logit_cache, "teacher_logits", no_teacher_forward)
     run(_distill(make_cfg, fine_tuned_teacher, f"paths.output_dir={tmp_path / 'again'}"))
     assert json.loads((tmp_path / "again" / "metrics.json").read_text())["teacher/logits_from_cache"] is True
+    with pytest.raises(AssertionError, match="the teacher ran"):  # the pooled hidden states are not cached yet
+        run(_distill(make_cfg, fine_tuned_teacher, "distill=logits_hidden", "distill.intermediate.layer_map=[[1,1]]",
+                     f"paths.output_dir={tmp_path / 'hidden'}"))
     with pytest.raises(AssertionError, match="the teacher ran"):  # other data (another split): recomputed
         run(_distill(make_cfg, fine_tuned_teacher, "data.split_seed=7", f"paths.output_dir={tmp_path / 'other'}"))
 

@@ -94,19 +94,21 @@ def test_intermediate_loss_is_zero_for_a_copy_and_ignores_padding():
     for proj in loss.proj.values():  # identity projections: the student is the teacher
         torch.nn.init.eye_(proj.weight)
         torch.nn.init.zeros_(proj.bias)
-    out = loss(hidden, hidden, mask, mask, attn, attn)
+    out = loss(hidden, mask, hidden, mask, attn, attn)
     assert out.hidden_loss.item() == pytest.approx(0, abs=1e-6) and out.attention_loss.item() == pytest.approx(0, abs=1e-6)
     changed = tuple(h.clone() for h in hidden)
     changed[1][1, 3:] += 100.0  # only padded positions differ
-    assert loss(changed, hidden, mask, mask, attn, attn).hidden_loss.item() == pytest.approx(0, abs=1e-6)
+    assert loss(changed, mask, hidden, mask, attn, attn).hidden_loss.item() == pytest.approx(0, abs=1e-6)
     changed[1][1, 0] += 1.0
-    assert loss(changed, hidden, mask, mask, attn, attn).hidden_loss.item() > 0
+    assert loss(changed, mask, hidden, mask, attn, attn).hidden_loss.item() > 0
     pooled = IntermediateLoss(8, 8, [[1, 1]], shared_tokens=False)  # other tokenizers: masked mean per text
     torch.nn.init.eye_(pooled.proj["1"].weight)
     torch.nn.init.zeros_(pooled.proj["1"].bias)
     short = tuple(h[:, :3] for h in hidden)  # the teacher read 3 tokens, the student 5 of which 2 are padding
     student_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]])
-    assert pooled(hidden, short, student_mask, torch.ones(2, 3)).hidden_loss.item() == pytest.approx(0, abs=1e-6)
+    assert pooled(hidden, student_mask, short, torch.ones(2, 3)).hidden_loss.item() == pytest.approx(0, abs=1e-6)
+    means = hidden[1][:, :3].mean(1)[:, None]  # (B, 1, H): what the cache holds for teacher layer 1
+    assert pooled(hidden, student_mask, teacher_pooled=means).hidden_loss.item() == pytest.approx(0, abs=1e-6)
 
 
 def test_intermediate_loss_errors():

@@ -124,13 +124,16 @@ class TextDataModule(pl.LightningDataModule):
         extra = self._tokenize(datasets.DatasetDict(train=extra))["train"]
         self.encoded["train"] = datasets.concatenate_datasets([self.encoded["train"], extra])
 
-    def attach_teacher_logits(self, logits) -> None:
-        """Add the teacher's logits (N_train, C) to the training split as ``teacher_logits``."""
+    def attach_teacher_logits(self, logits, hidden=None) -> None:
+        """Add the teacher's logits (N_train, C) to the training split as ``teacher_logits`` and, if given, its
+        pooled hidden states (N_train, L, H) as ``teacher_hidden``."""
         assert self.encoded is not None and len(logits) == len(self.encoded["train"])
         train = self.encoded["train"]
-        if "teacher_logits" in train.column_names:
-            train = train.remove_columns("teacher_logits")
-        self.encoded["train"] = train.add_column("teacher_logits", [row.tolist() for row in logits])
+        columns = {"teacher_logits": logits} | ({"teacher_hidden": hidden} if hidden is not None else {})
+        train = train.remove_columns([c for c in columns if c in train.column_names])
+        for name, values in columns.items():
+            train = train.add_column(name, [row.tolist() for row in values])
+        self.encoded["train"] = train
 
     def attach_teacher_inputs(self, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> None:
         """Add the teacher's own tokenization of the training inputs ``texts`` (in the training split's order) as

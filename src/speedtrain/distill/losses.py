@@ -119,33 +119,40 @@ class IntermediateLoss(nn.Module):
     def forward(
         self,
         student_hidden: tuple[torch.Tensor, ...],
-        teacher_hidden: tuple[torch.Tensor, ...],
         student_mask: torch.Tensor,
-        teacher_mask: torch.Tensor,
+        teacher_hidden: tuple[torch.Tensor, ...] | None = None,
+        teacher_mask: torch.Tensor | None = None,
         student_attentions: tuple[torch.Tensor, ...] | None = None,
         teacher_attentions: tuple[torch.Tensor, ...] | None = None,
+        teacher_pooled: torch.Tensor | None = None,
     ) -> IntermediateOutput:
         """Args:
             student_hidden: L_s + 1 tensors (B, T_s, H_s) (``output_hidden_states``: embeddings first).
-            teacher_hidden: L_t + 1 tensors (B, T_t, H_t).
-            student_mask, teacher_mask: (B, T_s), (B, T_t), 1 on real tokens (T_s == T_t when shared).
+            student_mask: (B, T_s), 1 on real tokens.
+            teacher_hidden, teacher_mask: L_t + 1 tensors (B, T_t, H_t) and (B, T_t), from the teacher run online
+                (T_s == T_t when the tokens are shared).
             student_attentions, teacher_attentions: L tensors (B, heads, T, T), needed when attention_weight > 0.
+            teacher_pooled: instead of ``teacher_hidden``, the cached per-text means (B, len(layer_map), H_t) of the
+                mapped teacher layers, in ``layer_map`` order (different tokenizers only).
 
         Returns:
             :class:`IntermediateOutput`, each term already multiplied by its weight.
         """
         zero = student_hidden[0].new_zeros((), dtype=torch.float32)
         hidden, attention = zero, zero
-        s_mask, t_mask = student_mask.float(), teacher_mask.float()
-        for s, t in self.layer_map.items():
+        s_mask = student_mask.float()
+        for j, (s, t) in enumerate(self.layer_map.items()):
             projected = self.proj[str(s)](student_hidden[s]).float()  # (B, T_s, H_t)
-            target = teacher_hidden[t].float()
             if self.shared_tokens:  # token by token over the real tokens
-                err = ((projected - target) ** 2).mean(-1)  # (B, T)
+                err = ((projected - teacher_hidden[t].float()) ** 2).mean(-1)  # (B, T)
                 hidden = hidden + (err * s_mask).sum() / s_mask.sum()
             else:  # masked mean over tokens: one vector per text
                 pooled_s = (projected * s_mask[..., None]).sum(1) / s_mask.sum(1, keepdim=True)
-                pooled_t = (target * t_mask[..., None]).sum(1) / t_mask.sum(1, keepdim=True)
+                if teacher_pooled is not None:
+                    pooled_t = teacher_pooled[:, j].float()
+                else:
+                    t_mask = teacher_mask.float()[..., None]
+                    pooled_t = (teacher_hidden[t].float() * t_mask).sum(1) / t_mask.sum(1)
                 hidden = hidden + F.mse_loss(pooled_s, pooled_t)
             if self.attention_weight > 0 and s > 0 and t > 0:
                 a_s = student_attentions[s - 1].float().mean(1)  # (B, T, T), rows sum to 1 over real keys

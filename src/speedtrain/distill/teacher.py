@@ -107,7 +107,7 @@ def store_teacher(model_dir: str | Path, cache_dir: str | Path, key: str, metric
 
 def attach_teacher(
     teacher_cfg: DictConfig, path: str | Path, datamodule: TextDataModule, cache_dir: str,
-    augment: dict | None = None, online: bool = False,
+    augment: dict | None = None, online: bool = False, hidden_layers: tuple[int, ...] = (),
 ) -> tuple[dict, PreTrainedModel | None]:
     """Bring the teacher's knowledge of the training inputs into ``datamodule``; return its metrics.
 
@@ -117,6 +117,8 @@ def attach_teacher(
             None or ``copies=0``: the training texts only.
         online: instead of cached logits, the training split gets the teacher's tokenization and the teacher
             itself is returned, to run every step.
+        hidden_layers: teacher layers whose pooled hidden states are cached beside the logits
+            (``teacher_hidden``), for intermediate distillation without the teacher online.
 
     Returns:
         ``teacher/val_acc``, ``teacher/test_acc``, ``teacher/params``, ``teacher/logits_from_cache``,
@@ -131,12 +133,12 @@ def attach_teacher(
     tokenizer = load_tokenizer(path)
     metrics: dict = {"teacher/params": sum(p.numel() for p in teacher.parameters()), "teacher/dir": path}
 
-    def logits_of(texts: list[str]) -> tuple[np.ndarray, bool]:
-        return cached_teacher_logits(path, teacher, tokenizer, texts, teacher_cfg.max_length, cache_dir)
+    def outputs_of(texts: list[str], layers: tuple[int, ...] = ()) -> tuple[dict[str, np.ndarray], bool]:
+        return cached_teacher_logits(path, teacher, tokenizer, texts, teacher_cfg.max_length, cache_dir, layers)
 
     for split, key in (("validation", "val"), ("test", "test")):  # the teacher's own accuracy (cached logits)
         ds = datamodule.splits[split]
-        logits, _ = logits_of(list(ds["text"]))
+        logits = outputs_of(list(ds["text"]))[0]["logits"]
         metrics[f"teacher/{key}_acc"] = float(np.mean(logits.argmax(1) == np.asarray(ds["label"])))
     train = datamodule.splits["train"]
     texts = list(train["text"])
@@ -148,11 +150,12 @@ def attach_teacher(
     if online:
         datamodule.attach_teacher_inputs(tokenizer, texts_all, teacher_cfg.max_length)
         return metrics, teacher
-    logits, cached = logits_of(texts)
-    if variants:  # cached separately: the training texts' logits stay valid when the augmentation changes
-        extra, extra_cached = logits_of(texts_all[len(texts):])
-        logits, cached = np.concatenate([logits, extra]), cached and extra_cached
-    datamodule.attach_teacher_logits(logits)
+    outputs, cached = outputs_of(texts, hidden_layers)
+    if variants:  # cached separately: the training texts' outputs stay valid when the augmentation changes
+        extra, extra_cached = outputs_of(texts_all[len(texts):], hidden_layers)
+        outputs = {k: np.concatenate([v, extra[k]]) for k, v in outputs.items()}
+        cached = cached and extra_cached
+    datamodule.attach_teacher_logits(outputs["logits"], outputs.get("hidden"))
     metrics["teacher/logits_from_cache"] = cached
     return metrics, None
 

@@ -11,8 +11,9 @@ Logs everything :class:`~speedtrain.lit.classifier.ClassifierModule` logs, plus:
 
 Two ways to get the teacher's logits:
 
-* cache (default): the batch carries ``teacher_logits`` (B, C), computed once by
-  :mod:`speedtrain.distill.logit_cache`; a step runs only the student.
+* cache (default): the batch carries ``teacher_logits`` (B, C) — and for ``distill=logits_hidden`` with a
+  student tokenizer other than the teacher's, ``teacher_hidden``: per-text means of the mapped teacher layers —
+  computed once by :mod:`speedtrain.distill.logit_cache`; a step runs only the student.
 * online: the batch carries the teacher's own tokenization (``teacher_input_ids``, ``teacher_attention_mask``)
   beside the student's, and the teacher runs every step under ``no_grad``, in eval mode, with the run's
   precision. Intermediate losses need this.
@@ -23,7 +24,7 @@ or a DeepSpeed-partitioned model; the module moves it to its device when fitting
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -38,13 +39,16 @@ class DistillModule(ClassifierModule):
     Args:
         loss: the distillation loss; the other arguments are :class:`ClassifierModule`'s.
         teacher: the fine-tuned teacher, for online distillation (None: the batches carry cached logits).
+        teacher_config: the teacher's ``hidden_size`` and ``num_hidden_layers`` when it is not online (for
+            ``intermediate``).
         intermediate: ``partial`` of :class:`IntermediateLoss` (completed here with both widths and
-            ``shared_tokens``) for hidden-state and attention terms; needs ``teacher``.
+            ``shared_tokens``) for hidden-state and attention terms: with the teacher online, or with its
+            pooled hidden states cached in the batch (``teacher_hidden``) when the tokenizers differ.
         shared_tokens: the student reads the teacher's tokens (same tokenizer).
     """
 
     def __init__(
-        self, *args, loss: KDLoss, teacher: nn.Module | None = None,
+        self, *args, loss: KDLoss, teacher: nn.Module | None = None, teacher_config: Mapping | None = None,
         intermediate: Callable[..., IntermediateLoss] | None = None, shared_tokens: bool = False, **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -52,14 +56,15 @@ class DistillModule(ClassifierModule):
         self._teacher = (teacher.eval().requires_grad_(False),) if teacher is not None else ()  # hidden: see above
         self.intermediate = None
         if intermediate is not None:
-            assert teacher is not None, "intermediate losses need the teacher online"
-            s, t = self.model.config, teacher.config
-            self.intermediate = intermediate(student_width=s.hidden_size, teacher_width=t.hidden_size,
-                                             student_layers=s.num_hidden_layers, teacher_layers=t.num_hidden_layers,
+            s = self.model.config
+            t = teacher.config.to_dict() if teacher is not None else teacher_config
+            self.intermediate = intermediate(student_width=s.hidden_size, teacher_width=t["hidden_size"],
+                                             student_layers=s.num_hidden_layers, teacher_layers=t["num_hidden_layers"],
                                              shared_tokens=shared_tokens)
             if self.intermediate.attention_weight > 0:  # SDPA kernels return no attention maps
                 self.model.set_attn_implementation("eager")
-                teacher.set_attn_implementation("eager")
+                if teacher is not None:
+                    teacher.set_attn_implementation("eager")
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -87,9 +92,13 @@ class DistillModule(ClassifierModule):
         kd = self.kd(logits, teacher_logits, batch["labels"])
         loss = kd.loss
         self.log_dict({"train/kd_loss": kd.kd_loss, "train/ce_loss": kd.ce_loss})
-        if inter is not None:
-            parts = inter(out.hidden_states, t_out.hidden_states, batch["attention_mask"],
+        if inter is not None and "teacher_hidden" in batch:  # cached per-text teacher states (B, L * H_t)
+            pooled = batch["teacher_hidden"].view(logits.shape[0], len(inter.layer_map), -1)
+            parts = inter(out.hidden_states, batch["attention_mask"], teacher_pooled=pooled)
+        elif inter is not None:
+            parts = inter(out.hidden_states, batch["attention_mask"], t_out.hidden_states,
                           batch["teacher_attention_mask"], out.attentions, t_out.attentions)
+        if inter is not None:
             loss = loss + parts.hidden_loss + parts.attention_loss
             self.log_dict({"train/hidden_loss": parts.hidden_loss, "train/attention_loss": parts.attention_loss})
         self.train_acc(logits, batch["labels"])
