@@ -30,6 +30,8 @@ TINY_STUDENT = [
     "tokenizer.vocab_size=600",
 ]
 TINY = [*TINY_RUN, *TINY_STUDENT]
+# +experiment=distill (distill=logits_hidden) with a layer map that the 1-layer tiny teacher has
+DISTILL_TINY = ["+experiment=distill", "distill.intermediate.layer_map=[[0,0],[1,1]]"]
 
 
 @pytest.fixture(scope="session", autouse=True)

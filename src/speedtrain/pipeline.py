@@ -28,7 +28,7 @@ from speedtrain.distill.teacher import (
 from speedtrain.errors import UserError
 from speedtrain.loggers import build_loggers, finish_wandb
 from speedtrain.models.student import count_parameters
-from speedtrain.models.teacher import load_tokenizer
+from speedtrain.models.teacher import load_tokenizer, resolve_source
 from speedtrain.summary import print_summary
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,10 @@ def fit_and_evaluate(
         d = cfg.distill
         augment = OmegaConf.to_container(d.augment, resolve=True) if d.get("augment") else None
         inter = d.get("intermediate")
+        if inter is not None:  # check the layer map before any teacher work
+            t = AutoConfig.from_pretrained(resolve_source(str(distill["teacher_dir"])))
+            instantiate(inter, student_width=1, teacher_width=1, shared_tokens=True, teacher_layers=t.num_hidden_layers,
+                        student_layers=cfg.model.get("num_hidden_layers"))
         shared = load_tokenizer(distill["teacher_dir"]).get_vocab() == datamodule.tokenizer.get_vocab()
         # token-level intermediate terms need the teacher online; per-text ones (other tokenizers) are cached
         online = d.get("teacher_logits", "cache") == "online" or (inter is not None and shared)
@@ -124,7 +128,7 @@ def fit_and_evaluate(
         extra.update(teacher=teacher, shared_tokens=shared)
         if inter is not None:
             extra["intermediate"] = instantiate(inter, _partial_=True)
-            t = AutoConfig.from_pretrained(distill["teacher_dir"])  # the sizes as a dict (Hydra would convert a config)
+            # the sizes as a dict (Hydra would convert a config object)
             extra["teacher_config"] = {"hidden_size": t.hidden_size, "num_hidden_layers": t.num_hidden_layers}
         timings["teacher_s"] = time.perf_counter() - started - timings["data_s"]  # stage 1 and the logits
     pl.seed_everything(cfg.seed, workers=True)  # the same student whether or not stage 1 ran before

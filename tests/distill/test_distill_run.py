@@ -11,11 +11,11 @@ from speedtrain.distill import logit_cache
 from speedtrain.distill.logit_cache import weights_digest
 from speedtrain.errors import UserError
 from speedtrain.pipeline import run
-from tests.conftest import TINY, TINY_RUN
+from tests.conftest import DISTILL_TINY
 
 
 def _distill(make_cfg, teacher, *overrides):
-    return make_cfg("+experiment=distill", f"teacher.path={teacher}", "teacher.max_length=24", *overrides)
+    return make_cfg(*DISTILL_TINY, f"teacher.path={teacher}", "teacher.max_length=24", *overrides)
 
 
 def test_distill_end_to_end_and_logit_cache(make_cfg, tmp_path, fine_tuned_teacher, monkeypatch):
@@ -55,12 +55,16 @@ def test_distill_errors(make_cfg, fine_tuned_teacher, tmp_path):
     with pytest.raises(Exception) as err:
         run(_distill(make_cfg, fine_tuned_teacher, "distill.loss.alpha=1.5"))
     assert "distill.alpha=1.5 must be in [0, 1]" in str(err.value.__cause__ or err.value)
+    with pytest.raises(Exception) as err:  # checked before any teacher work
+        run(_distill(make_cfg, fine_tuned_teacher, "distill.intermediate.layer_map=[[1,6]]"))
+    assert "pair [1, 6] is out of range: the student has layers 0..1 and the teacher 0..1" in str(
+        err.value.__cause__ or err.value)
 
 
 def test_stage1_fine_tunes_the_teacher_once_and_caches_it(make_cfg, tmp_path, tiny_teacher_dir, isolated_cache):
     """No teacher.path: stage 1 fine-tunes the teacher and stores it; the next run reuses it; other hparams refit."""
     def distill(out, *overrides):
-        run(make_cfg("+experiment=distill", f"teacher.source={tiny_teacher_dir}", "teacher.max_length=24",
+        run(make_cfg(*DISTILL_TINY, f"teacher.source={tiny_teacher_dir}", "teacher.max_length=24",
                      "teacher.lr=1e-3", f"paths.output_dir={tmp_path / out}", *overrides))
         return json.loads((tmp_path / out / "metrics.json").read_text())
 
@@ -87,7 +91,7 @@ def test_teacher_experiment_fills_the_cache_that_distill_reads(make_cfg, tmp_pat
     # TINY_RUN's trainer.max_epochs=2 wins over +experiment=teacher's ${teacher.epochs}: the key sees 2 epochs
     common = [f"teacher.source={tiny_teacher_dir}", "teacher.max_length=24", "teacher.lr=2e-3", "teacher.epochs=2"]
     run(make_cfg("+experiment=teacher", *common, f"paths.output_dir={tmp_path / 't'}", tiny_student=False))
-    run(make_cfg("+experiment=distill", *common, f"paths.output_dir={tmp_path / 'd'}"))
+    run(make_cfg(*DISTILL_TINY, *common, f"paths.output_dir={tmp_path / 'd'}"))
     metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
     assert metrics["teacher/cached"] is True
     used = (isolated_cache / "teachers" / metrics["teacher/key"] / "model.safetensors").read_bytes()
@@ -95,7 +99,7 @@ def test_teacher_experiment_fills_the_cache_that_distill_reads(make_cfg, tmp_pat
 
 
 def test_an_incomplete_cached_teacher_is_ignored(make_cfg, tmp_path, tiny_teacher_dir, isolated_cache):
-    common = ["+experiment=distill", f"teacher.source={tiny_teacher_dir}", "teacher.max_length=24", "teacher.lr=3e-3"]
+    common = [*DISTILL_TINY, f"teacher.source={tiny_teacher_dir}", "teacher.max_length=24", "teacher.lr=3e-3"]
     run(make_cfg(*common, f"paths.output_dir={tmp_path / 'a'}"))
     key = json.loads((tmp_path / "a" / "metrics.json").read_text())["teacher/key"]
     (isolated_cache / "teachers" / key / "speedtrain_teacher.json").unlink()  # as if a copy had been cut short

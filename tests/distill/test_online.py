@@ -13,7 +13,7 @@ from speedtrain.distill.losses import IntermediateLoss
 from speedtrain.distill.teacher import attach_teacher
 from speedtrain.errors import UserError
 from speedtrain.pipeline import build_datamodule, run
-from tests.conftest import TINY_STUDENT
+from tests.conftest import DISTILL_TINY, TINY_STUDENT
 
 
 def test_online_batches_carry_both_tokenizations_aligned_with_the_cache(make_cfg, fine_tuned_teacher):
@@ -36,7 +36,9 @@ def test_online_batches_carry_both_tokenizations_aligned_with_the_cache(make_cfg
     assert torch.equal(batch["input_ids"], collate([cached.encoded["train"][i] for i in rows])["input_ids"])
     with torch.no_grad():
         logits = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits
-    expected = torch.tensor([cached.encoded["train"][i]["teacher_logits"] for i in rows])
+    expected = torch.from_numpy(cached.teacher_arrays["teacher_logits"][rows])
+    assert torch.equal(PairCollator(cached.tokenizer, None, cached.teacher_arrays)(
+        [cached.encoded["train"][i] for i in rows])["teacher_logits"], expected)  # the collator gathers the rows
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
     loader_batch = next(iter(online.train_dataloader()))  # the loader uses the same collator
     assert {"teacher_input_ids", "teacher_attention_mask", "input_ids", "labels"} <= set(loader_batch)
@@ -44,7 +46,7 @@ def test_online_batches_carry_both_tokenizations_aligned_with_the_cache(make_cfg
 
 def test_online_distillation_end_to_end(make_cfg, tmp_path, fine_tuned_teacher):
     before = (fine_tuned_teacher / "model.safetensors").read_bytes()
-    run(make_cfg("+experiment=distill", f"teacher.path={fine_tuned_teacher}", "teacher.max_length=24",
+    run(make_cfg(*DISTILL_TINY, f"teacher.path={fine_tuned_teacher}", "teacher.max_length=24",
                  "distill.teacher_logits=online", "logger=csv", "trainer.log_every_n_steps=1"))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["distill/teacher_logits"] == "online" and "teacher/logits_from_cache" not in metrics

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -70,6 +72,7 @@ class TextDataModule(pl.LightningDataModule):
         self.group_by_length = group_by_length
         self.data_digest: str | None = None  # hash of every split's texts and labels (not of the tokenizer)
         self.teacher_tokenizer: PreTrainedTokenizerBase | None = None  # online distillation: batches carry both
+        self.teacher_arrays: dict[str, np.ndarray] = {}  # cached teacher outputs per training row
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.splits: datasets.DatasetDict | None = None  # text + label
         self.encoded: datasets.DatasetDict | None = None  # input_ids + label
@@ -125,15 +128,19 @@ class TextDataModule(pl.LightningDataModule):
         self.encoded["train"] = datasets.concatenate_datasets([self.encoded["train"], extra])
 
     def attach_teacher_logits(self, logits, hidden=None) -> None:
-        """Add the teacher's logits (N_train, C) to the training split as ``teacher_logits`` and, if given, its
-        pooled hidden states (N_train, L, H) as ``teacher_hidden``."""
+        """Give every training row the teacher's logits (N_train, C) as ``teacher_logits`` and, if given, its pooled
+        hidden states (N_train, L, H) as ``teacher_hidden`` (flattened to L * H).
+
+        The arrays stay in memory as numpy; the training split gets a ``row`` index column and the collator
+        gathers the batch's rows (converting ~1,200 floats a row to Arrow and back cost more than the student step).
+        """
         assert self.encoded is not None and len(logits) == len(self.encoded["train"])
+        self.teacher_arrays = {"teacher_logits": np.ascontiguousarray(logits, dtype=np.float32)}
+        if hidden is not None:
+            self.teacher_arrays["teacher_hidden"] = np.ascontiguousarray(hidden, np.float32).reshape(len(hidden), -1)
         train = self.encoded["train"]
-        columns = {"teacher_logits": logits} | ({"teacher_hidden": hidden} if hidden is not None else {})
-        train = train.remove_columns([c for c in columns if c in train.column_names])
-        for name, values in columns.items():
-            train = train.add_column(name, [row.tolist() for row in values])
-        self.encoded["train"] = train
+        if "row" not in train.column_names:
+            self.encoded["train"] = train.add_column("row", np.arange(len(train)))
 
     def attach_teacher_inputs(self, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> None:
         """Add the teacher's own tokenization of the training inputs ``texts`` (in the training split's order) as
@@ -151,7 +158,8 @@ class TextDataModule(pl.LightningDataModule):
         self.prepare()
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        collator = PairCollator(self.tokenizer, self.teacher_tokenizer)
+        arrays = self.teacher_arrays if split == "train" else {}
+        collator = PairCollator(self.tokenizer, self.teacher_tokenizer, arrays)
         dataset = self.encoded[split].rename_column("label", "labels")
         batch_size = self.batch_size if shuffle else self.eval_batch_size
         sampler = None
@@ -180,20 +188,28 @@ class TextDataModule(pl.LightningDataModule):
 
 
 class PairCollator:
-    """Pads the student's inputs with its tokenizer and, when present, the teacher's (``teacher_*``) with its own."""
+    """Pads the student's inputs with its tokenizer and, when present, the teacher's (``teacher_*``) with its own;
+    adds the cached teacher outputs of the batch's rows (``arrays``, indexed by the ``row`` column)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, teacher_tokenizer: PreTrainedTokenizerBase | None = None):
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, teacher_tokenizer: PreTrainedTokenizerBase | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
+    ) -> None:
         self.student = DataCollatorWithPadding(tokenizer, padding="longest", return_tensors="pt")
         self.teacher = DataCollatorWithPadding(teacher_tokenizer, return_tensors="pt") if teacher_tokenizer else None
+        self.arrays = arrays or {}
 
     def __call__(self, features: list[dict]) -> dict:
-        if self.teacher is None or "teacher_input_ids" not in features[0]:
-            return self.student(features)
-        teacher = [{"input_ids": f["teacher_input_ids"], "attention_mask": f["teacher_attention_mask"]}
-                   for f in features]
-        batch = self.student([{k: v for k, v in f.items() if not k.startswith("teacher_")} for f in features])
-        padded = self.teacher(teacher)
-        batch["teacher_input_ids"], batch["teacher_attention_mask"] = padded["input_ids"], padded["attention_mask"]
+        teacher = self.teacher is not None and "teacher_input_ids" in features[0]
+        batch = self.student([{k: v for k, v in f.items() if k != "row" and not k.startswith("teacher_")}
+                              for f in features])
+        if teacher:
+            padded = self.teacher([{"input_ids": f["teacher_input_ids"], "attention_mask": f["teacher_attention_mask"]}
+                                   for f in features])
+            batch["teacher_input_ids"], batch["teacher_attention_mask"] = padded["input_ids"], padded["attention_mask"]
+        if self.arrays and "row" in features[0]:
+            rows = np.fromiter((f["row"] for f in features), dtype=np.int64, count=len(features))
+            batch.update({name: torch.from_numpy(values[rows]) for name, values in self.arrays.items()})
         return batch
 
 

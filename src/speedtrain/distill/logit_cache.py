@@ -8,6 +8,7 @@ texts in order, the input length and the layers: other data or another teacher i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tempfile
 from pathlib import Path
@@ -49,10 +50,21 @@ MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.
 
 
 def weights_digest(folder: str | Path) -> str:
-    """A hash of a model folder's weight files (``*.safetensors``/``*.bin``), config and tokenizer files."""
-    h = hashlib.sha256()
+    """A hash of a model folder's weight files (``*.safetensors``/``*.bin``), config and tokenizer files.
+
+    Remembered per process while the files' sizes and modification times stay the same (hashing ~90 MB of
+    MiniLM takes a while and a distillation run asks several times).
+    """
     files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin") or p.name in MODEL_FILES)
-    for path in files:
+    stamp = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _digest(stamp)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(stamp: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in stamp:
+        path = Path(name)
         h.update(path.name.encode())
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):

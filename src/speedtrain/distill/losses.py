@@ -142,12 +142,13 @@ class IntermediateLoss(nn.Module):
         hidden, attention = zero, zero
         s_mask = student_mask.float()
         for j, (s, t) in enumerate(self.layer_map.items()):
-            projected = self.proj[str(s)](student_hidden[s]).float()  # (B, T_s, H_t)
             if self.shared_tokens:  # token by token over the real tokens
+                projected = self.proj[str(s)](student_hidden[s]).float()  # (B, T, H_t)
                 err = ((projected - teacher_hidden[t].float()) ** 2).mean(-1)  # (B, T)
                 hidden = hidden + (err * s_mask).sum() / s_mask.sum()
-            else:  # masked mean over tokens: one vector per text
-                pooled_s = (projected * s_mask[..., None]).sum(1) / s_mask.sum(1, keepdim=True)
+            else:  # masked mean over tokens: one vector per text (mean first: the projection is affine)
+                mean_s = (student_hidden[s].float() * s_mask[..., None]).sum(1) / s_mask.sum(1, keepdim=True)
+                pooled_s = self.proj[str(s)](mean_s.to(student_hidden[s].dtype)).float()  # (B, H_t)
                 if teacher_pooled is not None:
                     pooled_t = teacher_pooled[:, j].float()
                 else:
