@@ -53,7 +53,8 @@ def table(rows: dict[str, list[dict]], teacher: list[dict], tfidf: dict | None, 
              "| model | params | val acc | test acc | share of teacher (test) | wall time / run |",
              "|---|---:|---:|---:|---:|---:|"]
     if tfidf:
-        lines.append(f"| TF-IDF + LR (word 1-2 + char 2-5 grams, C={tfidf['C']}) | – | {tfidf['val/acc'] * 100:.2f} | "
+        lines.append(f"| TF-IDF + LR (word 1-2 + char 2-5 grams, C={tfidf['C']}) | – | {tfidf['val/acc'] * 100:.2f} "
+                     "| "
                      f"{tfidf['test/acc'] * 100:.2f} | – | {tfidf['seconds']:.0f} s |")
     t_test = [m["teacher/test_acc"] for m in teacher]
     fit = [m["teacher/fit_s"] for m in teacher if "teacher/fit_s" in m]

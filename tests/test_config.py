@@ -78,4 +78,22 @@ def test_wheel_ships_every_config_and_module(tmp_path):
 def test_teacher_experiment(tmp_path):
     cfg = compose_config(["+experiment=teacher", f"paths.output_dir={tmp_path}"])
     assert cfg.model.source == "minilm" and cfg.tokenizer.pretrained == "minilm"
-    assert cfg.data.max_length == 64 and cfg.trainer.max_epochs == 6 and cfg.module.optimizer.lr == 3e-4
+    assert cfg.data.max_length == 64 and cfg.trainer.max_epochs == 4 and cfg.module.optimizer.lr == 5e-4
+    assert cfg.data.group_by_length is True and cfg.model.dropout == 0.0 and cfg.model.freeze_embeddings is True
+
+
+def test_distill_experiment_and_stage1_config(tmp_path):
+    """+experiment=distill composes; its stage 1 gets the teacher's model, tokenizer and hyperparameters."""
+    from speedtrain.distill.teacher import teacher_run_config
+
+    cfg = compose_config(["+experiment=distill", f"paths.output_dir={tmp_path}"])
+    assert cfg.module._target_ == "speedtrain.lit.distill.DistillModule" and cfg.distill.loss.temperature == 1.0
+    assert cfg.distill.intermediate.layer_map == [[0, 0], [1, 3], [2, 6]] and cfg.distill.augment.copies == 2
+    assert cfg.teacher.path is None and cfg.teacher.source == "minilm" and cfg.model.hidden_size == 128
+    stage1 = teacher_run_config(cfg, tmp_path / "teacher")
+    assert stage1.module._target_ == "speedtrain.lit.classifier.ClassifierModule" and stage1.distill is None
+    assert stage1.model.source == "minilm" and stage1.tokenizer.pretrained == "minilm"
+    assert stage1.data.batch_size == 32 and stage1.data.max_length == 64 and stage1.trainer.max_epochs == 4
+    assert stage1.module.optimizer.lr == 5e-4 and stage1.paths.output_dir == str(tmp_path / "teacher")
+    assert stage1.callbacks.model_checkpoint.dirpath == str(tmp_path / "teacher" / "checkpoints")
+    assert "loss" not in stage1.module

@@ -91,6 +91,11 @@ BAD_INPUTS = {
     "batch_size": (lambda t, r: ["data.batch_size=0"], "data.batch_size=0 must be a positive integer"),
     "max_length": (lambda t, r: ["model.max_length=-4"], "data.max_length=-4 must be a positive integer"),
     "missing_value": (lambda t, r: ["data=files"], r"\['data.train'\] are required but not set"),
+    # distillation: each fails before any teacher work
+    "kd_alpha": (lambda t, r: ["+experiment=distill", "distill.loss.alpha=1.5"], r"distill.alpha=1.5 must be in \[0, 1\]"),
+    "kd_temperature": (lambda t, r: ["+experiment=distill", "distill.loss.temperature=0"],
+                       r"distill.temperature=0(\.0)? must be positive"),
+    "teacher_path": (lambda t, r: ["+experiment=distill", f"teacher.path={t}"], "no Hugging Face model folder there"),
 }
 
 

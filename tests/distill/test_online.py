@@ -97,7 +97,8 @@ def test_intermediate_loss_is_zero_for_a_copy_and_ignores_padding():
         torch.nn.init.eye_(proj.weight)
         torch.nn.init.zeros_(proj.bias)
     out = loss(hidden, mask, hidden, mask, attn, attn)
-    assert out.hidden_loss.item() == pytest.approx(0, abs=1e-6) and out.attention_loss.item() == pytest.approx(0, abs=1e-6)
+    assert out.hidden_loss.item() == pytest.approx(0, abs=1e-6)
+    assert out.attention_loss.item() == pytest.approx(0, abs=1e-6)
     changed = tuple(h.clone() for h in hidden)
     changed[1][1, 3:] += 100.0  # only padded positions differ
     assert loss(changed, mask, hidden, mask, attn, attn).hidden_loss.item() == pytest.approx(0, abs=1e-6)

@@ -98,8 +98,8 @@ class IntermediateLoss(nn.Module):
         if attention_weight > 0 and not shared_tokens:
             raise UserError(f"distill.intermediate.attention_weight={attention_weight} compares attention maps "
                             "position by position, which needs the student to read the teacher's tokens: use "
-                            "the teacher's tokenizer for the student (tokenizer=pretrained tokenizer.pretrained=<teacher "
-                            "source>) or set distill.intermediate.attention_weight=0")
+                            "the teacher's tokenizer for the student (tokenizer=pretrained "
+                            "tokenizer.pretrained=<teacher source>) or set distill.intermediate.attention_weight=0")
         if hidden_weight < 0 or attention_weight < 0:
             raise UserError("distill.intermediate weights must be >= 0")
         try:

@@ -9,7 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers import logging as hf_logging
 
 from speedtrain.errors import UserError
