@@ -109,28 +109,9 @@ def fit_and_evaluate(
         store_teacher_as: a teacher-cache key: the fine-tuned model is stored in the teacher cache under it.
     """
     teacher_metrics, extra = {}, {}
-    if distill:  # the student learns from a fine-tuned teacher's logits
-        extra["loss"] = distill["loss"]
-        d = cfg.distill
-        augment = OmegaConf.to_container(d.augment, resolve=True) if d.get("augment") else None
-        inter = d.get("intermediate")
-        if inter is not None:  # check the layer map before any teacher work
-            t = AutoConfig.from_pretrained(resolve_source(str(distill["teacher_dir"])))
-            instantiate(inter, student_width=1, teacher_width=1, shared_tokens=True, teacher_layers=t.num_hidden_layers,
-                        student_layers=cfg.model.get("num_hidden_layers"))
-        shared = load_tokenizer(distill["teacher_dir"]).get_vocab() == datamodule.tokenizer.get_vocab()
-        # token-level intermediate terms need the teacher online; per-text ones (other tokenizers) are cached
-        online = d.get("teacher_logits", "cache") == "online" or (inter is not None and shared)
-        layers = tuple(t for _, t in inter.layer_map) if inter is not None and not online else ()
-        teacher_metrics, teacher = attach_teacher(cfg.teacher, distill["teacher_dir"], datamodule,
-                                                  cfg.paths.cache_dir, augment, online=online, hidden_layers=layers)
-        teacher_metrics.update(distill["stage1"], **{"distill/teacher_logits": "online" if online else "cache"})
-        extra.update(teacher=teacher, shared_tokens=shared)
-        if inter is not None:
-            extra["intermediate"] = instantiate(inter, _partial_=True)
-            # the sizes as a dict (Hydra would convert a config object)
-            extra["teacher_config"] = {"hidden_size": t.hidden_size, "num_hidden_layers": t.num_hidden_layers}
-        timings["teacher_s"] = time.perf_counter() - started - timings["data_s"]  # stage 1 and the logits
+    if distill:  # the student learns from a fine-tuned teacher
+        teacher_metrics, extra = prepare_distillation(cfg, datamodule, **distill)
+        timings["teacher_s"] = time.perf_counter() - started - timings["data_s"]  # stage 1 and the teacher outputs
     pl.seed_everything(cfg.seed, workers=True)  # the same student whether or not stage 1 ran before
     model = build_model(cfg, datamodule)
     module = instantiate(cfg.module, model=model, num_labels=datamodule.num_labels, **extra)
@@ -167,6 +148,37 @@ def fit_and_evaluate(
         print_summary(metrics, output_dir, title=f"speedtrain {stage or 'run'}")
     trainer.strategy.barrier()  # other ranks read model/ and the teacher cache only once rank 0 wrote them
     return metrics
+
+
+def prepare_distillation(
+    cfg: DictConfig, datamodule: TextDataModule, loss, teacher_dir: str, stage1: dict
+) -> tuple[dict, dict]:
+    """Bring the teacher's outputs (cached) or the teacher itself (online) to ``datamodule``.
+
+    Returns:
+        The teacher's metrics, and the DistillModule arguments (loss, teacher, intermediate loss, sizes).
+    """
+    d = cfg.distill
+    augment = OmegaConf.to_container(d.augment, resolve=True) if d.get("augment") else None
+    inter = d.get("intermediate")
+    teacher_config = None
+    if inter is not None:  # check the layer map before any teacher work
+        teacher_config = AutoConfig.from_pretrained(resolve_source(str(teacher_dir)))
+        instantiate(inter, student_width=1, teacher_width=1, shared_tokens=True,
+                    teacher_layers=teacher_config.num_hidden_layers, student_layers=cfg.model.get("num_hidden_layers"))
+    shared = load_tokenizer(teacher_dir).get_vocab() == datamodule.tokenizer.get_vocab()
+    # token-level intermediate terms need the teacher online; per-text ones (other tokenizers) are cached
+    online = d.get("teacher_logits", "cache") == "online" or (inter is not None and shared)
+    layers = tuple(pair[1] for pair in inter.layer_map) if inter is not None and not online else ()
+    metrics, teacher = attach_teacher(cfg.teacher, teacher_dir, datamodule, cfg.paths.cache_dir, augment,
+                                      online=online, hidden_layers=layers)
+    metrics.update(stage1, **{"distill/teacher_logits": "online" if online else "cache"})
+    extra = {"loss": loss, "teacher": teacher, "shared_tokens": shared}
+    if inter is not None:
+        extra["intermediate"] = instantiate(inter, _partial_=True)
+        # the sizes as a dict (Hydra would convert a config object)
+        extra["teacher_config"] = {k: getattr(teacher_config, k) for k in ("hidden_size", "num_hidden_layers")}
+    return metrics, extra
 
 
 def build_model(cfg: DictConfig, datamodule: TextDataModule):
