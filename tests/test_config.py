@@ -70,7 +70,7 @@ def test_wheel_ships_every_config_and_module(tmp_path):
                if n.startswith("speedtrain/conf/") and n.endswith(".yaml")}
     in_repo = {str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
     assert shipped == in_repo and "experiment/baseline.yaml" in shipped
-    modules = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py") and not n.startswith("speedtrain/conf")}
+    modules = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py") and not n.startswith("speedtrain/conf/")}
     in_src = {str(p.relative_to(REPO / "src")) for p in (REPO / "src").rglob("*.py")}
     assert modules == in_src and "speedtrain/distill/losses.py" in modules
 
