@@ -35,7 +35,7 @@ def test_distill_end_to_end_and_logit_cache(make_cfg, tmp_path, fine_tuned_teach
     def no_teacher_forward(*args, **kwargs):
         raise AssertionError("the teacher ran although its logits are cached")
 
-    monkeypatch.setattr(logit_cache, "teacher_logits", no_teacher_forward)
+    monkeypatch.setattr(logit_cache, "teacher_outputs", no_teacher_forward)
     run(_distill(make_cfg, fine_tuned_teacher, f"paths.output_dir={tmp_path / 'again'}"))
     assert json.loads((tmp_path / "again" / "metrics.json").read_text())["teacher/logits_from_cache"] is True
     with pytest.raises(AssertionError, match="the teacher ran"):  # the pooled hidden states are not cached yet

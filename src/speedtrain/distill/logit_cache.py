@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @torch.no_grad()
-def teacher_logits(
+def teacher_outputs(
     teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
     batch_size: int = 128, layers: tuple[int, ...] = (),
 ) -> dict[str, np.ndarray]:
@@ -72,11 +72,11 @@ def _digest(stamp: tuple[tuple[str, int, int], ...]) -> str:
     return h.hexdigest()
 
 
-def cached_teacher_logits(
+def cached_teacher_outputs(
     teacher_dir: str | Path, teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
     max_length: int, cache_dir: str | Path, layers: tuple[int, ...] = (),
 ) -> tuple[dict[str, np.ndarray], bool]:
-    """:func:`teacher_logits`, cached under ``cache_dir/logits``.
+    """:func:`teacher_outputs`, cached under ``cache_dir/logits``.
 
     Returns:
         The outputs (``logits``, and ``hidden`` with ``layers``) and whether they came from the cache.
@@ -90,7 +90,7 @@ def cached_teacher_logits(
     if path.is_file():
         with np.load(path) as cached:
             return {k: cached[k] for k in cached.files}, True
-    outputs = teacher_logits(teacher, tokenizer, texts, max_length, layers=layers)
+    outputs = teacher_outputs(teacher, tokenizer, texts, max_length, layers=layers)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
         np.savez(f, **outputs)

@@ -22,7 +22,7 @@ from speedtrain.config import config_dir
 from speedtrain.data.datamodule import TextDataModule
 from speedtrain.data.tokenizer import save_atomically
 from speedtrain.distill.augment import word_dropout_variants
-from speedtrain.distill.logit_cache import cached_teacher_logits, weights_digest
+from speedtrain.distill.logit_cache import cached_teacher_outputs, weights_digest
 from speedtrain.errors import UserError
 from speedtrain.models.teacher import load_classifier, load_tokenizer, resolve_source
 
@@ -134,7 +134,7 @@ def attach_teacher(
     metrics: dict = {"teacher/params": sum(p.numel() for p in teacher.parameters()), "teacher/dir": path}
 
     def outputs_of(texts: list[str], layers: tuple[int, ...] = ()) -> tuple[dict[str, np.ndarray], bool]:
-        return cached_teacher_logits(path, teacher, tokenizer, texts, teacher_cfg.max_length, cache_dir, layers)
+        return cached_teacher_outputs(path, teacher, tokenizer, texts, teacher_cfg.max_length, cache_dir, layers)
 
     for split, key in (("validation", "val"), ("test", "test")):  # the teacher's own accuracy (cached logits)
         ds = datamodule.splits[split]
