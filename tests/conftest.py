@@ -21,6 +21,7 @@ TINY_RUN = [
     "trainer.limit_test_batches=2",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
+    "export.enabled=false",  # the export tests turn it on (EXPORT_TINY)
 ]
 TINY_STUDENT = [
     "model.num_hidden_layers=1",
@@ -30,6 +31,15 @@ TINY_STUDENT = [
     "tokenizer.vocab_size=600",
 ]
 TINY = [*TINY_RUN, *TINY_STUDENT]
+# the export callback with a benchmark of a few hundred milliseconds
+EXPORT_TINY = [
+    "export.enabled=true",
+    "export.bench.batch_sizes=[1,8]",
+    "export.bench.warmup=2",
+    "export.bench.min_reps=20",
+    "export.bench.min_time_s=0.05",
+    "export.bench.throughput_time_s=0.02",
+]
 # +experiment=distill (distill=logits_hidden) with a layer map that the 1-layer tiny teacher has
 DISTILL_TINY = ["+experiment=distill", "distill.intermediate.layer_map=[[0,0],[1,1]]"]
 

@@ -15,6 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
+from speedtrain.bench.latency import BenchOptions
+from speedtrain.callbacks.export_bench import ExportAndBenchmark
 from speedtrain.data.datamodule import TextDataModule
 from speedtrain.distill.teacher import (
     attach_teacher,
@@ -26,6 +28,7 @@ from speedtrain.distill.teacher import (
     teacher_run_config,
 )
 from speedtrain.errors import UserError
+from speedtrain.export.build import ExportOptions
 from speedtrain.loggers import build_loggers, finish_wandb
 from speedtrain.models.student import count_parameters
 from speedtrain.models.teacher import load_tokenizer, resolve_source
@@ -115,7 +118,8 @@ def fit_and_evaluate(
     pl.seed_everything(cfg.seed, workers=True)  # the same student whether or not stage 1 ran before
     model = build_model(cfg, datamodule)
     module = instantiate(cfg.module, model=model, num_labels=datamodule.num_labels, **extra)
-    trainer = build_trainer(cfg, prefix=stage)
+    exporter = None if stage else build_exporter(cfg, datamodule, distill, teacher_metrics)
+    trainer = build_trainer(cfg, prefix=stage, extra_callbacks=[exporter] if exporter else [])
 
     fit_started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -136,6 +140,10 @@ def fit_and_evaluate(
     )
     if teacher_metrics:
         metrics.update(teacher_metrics, **student_vs_teacher(metrics, teacher_metrics))
+    if exporter is not None and exporter.report is not None:
+        metrics["bundle"] = bundle_summary(exporter)
+        metrics["timings"]["export_s"] = exporter.seconds  # it ran inside fit (on_fit_end)
+        metrics["timings"]["fit_s"] -= exporter.seconds
     if trainer.is_global_zero:  # under DDP every rank has the metrics; one writes them
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -192,18 +200,61 @@ def build_model(cfg: DictConfig, datamodule: TextDataModule):
     )
 
 
-def build_trainer(cfg: DictConfig, prefix: str = "") -> pl.Trainer:
+def build_trainer(cfg: DictConfig, prefix: str = "", extra_callbacks: list | None = None) -> pl.Trainer:
     """The Lightning Trainer of ``cfg.trainer`` with the configured callbacks and loggers.
 
     Args:
         prefix: logged metric names start with it (stage 1's ``teacher``), and the config is not logged: the
             distillation run that follows logs its own.
+        extra_callbacks: built by the pipeline (the export callback).
     """
     loggers = build_loggers(cfg.get("logger"), cfg.paths.output_dir, prefix=prefix)
-    trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
+    callbacks = build_callbacks(cfg) + list(extra_callbacks or [])
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers if not prefix else []:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return trainer
+
+
+def export_options(cfg: DictConfig) -> ExportOptions | None:
+    """``cfg.export`` as :class:`ExportOptions` (bad values fail here, before any training); None when disabled."""
+    e = cfg.get("export")
+    if not e or not e.get("enabled", True):
+        return None
+    return ExportOptions(variants=list(e.variants), int8_per_channel=e.int8_per_channel,
+                         parity_budget=e.parity_budget, benchmark=e.benchmark,
+                         bench=BenchOptions(**OmegaConf.to_container(e.bench, resolve=True)))
+
+
+def build_exporter(cfg: DictConfig, datamodule: TextDataModule, distill: dict | None,
+                   teacher_metrics: dict) -> ExportAndBenchmark | None:
+    """The export-and-benchmark callback of ``cfg.export`` (None when disabled), with the teacher to compare."""
+    options = export_options(cfg)
+    if options is None:
+        return None
+    teacher = None
+    if cfg.export.get("teacher", True) and options.benchmark and (distill or cfg.teacher.get("source")):
+        folder = distill["teacher_dir"] if distill else resolve_source(str(cfg.teacher.source))
+        teacher = {"folder": str(folder), "name": cfg.teacher.get("source") or folder,
+                   "max_length": cfg.teacher.max_length, "num_labels": datamodule.num_labels,
+                   "accuracy": 100 * teacher_metrics["teacher/test_acc"] if "teacher/test_acc" in teacher_metrics
+                   else None}
+    extra = {"run_dir": str(Path(cfg.paths.output_dir).resolve()), "task_name": cfg.get("task_name")}
+    return ExportAndBenchmark(cfg.export.out_dir, options, teacher=teacher, extra=extra)
+
+
+def bundle_summary(exporter: ExportAndBenchmark) -> dict:
+    """What metrics.json says about the bundle: where, the fast variant and its headline numbers."""
+    report = exporter.report
+    fast = report["variants"][report["fast"]]
+    summary = {"dir": str(exporter.out_dir), "fast": report["fast"], "fast_accuracy": fast["parity"]["accuracy"],
+               "fast_agreement": fast["parity"]["agreement"]}
+    if "latency" in fast:
+        summary.update(fast_p50_ms=fast["latency"]["p50_ms"], fast_p99_ms=fast["latency"]["p99_ms"],
+                       fast_texts_per_s=fast["throughput"])
+    if "teacher" in report:
+        summary["teacher_p50_ms"] = report["teacher"]["latency"]["p50_ms"]
+    return summary
 
 
 def build_datamodule(cfg: DictConfig) -> TextDataModule:
@@ -251,6 +302,7 @@ def check_config(cfg: DictConfig) -> None:
     epochs = cfg.trainer.get("max_epochs")
     if epochs is not None and epochs != -1 and epochs <= 0:
         raise UserError(f"trainer.max_epochs={epochs} must be positive (or -1 for no limit)")
+    export_options(cfg)
     if cfg.objective.split("/")[0] not in ("val", "test"):
         raise UserError(f"objective={cfg.objective!r} must be a val/ or test/ metric, e.g. objective=val/acc")
 

@@ -1,0 +1,1 @@
+"""Lightning callbacks: thin wrappers over the pure functions of ``export`` and ``bench``."""

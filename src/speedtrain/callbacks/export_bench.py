@@ -1,0 +1,122 @@
+"""``ExportAndBenchmark``: at the end of fit, turn the best checkpoint into a benchmarked bundle (rank 0 only).
+
+Thin: the work is :func:`speedtrain.export.build.build_bundle`, which ``speedtrain export`` calls too.
+
+Logged (every logger; W&B also gets the table and the bundle as an artifact of type ``model``):
+
+| key                              | meaning                                             |
+|----------------------------------|-----------------------------------------------------|
+| ``bench/<variant>/acc``          | test accuracy of the variant (points)               |
+| ``bench/<variant>/agreement``    | top-1 agreement with the PyTorch model (points)     |
+| ``bench/<variant>/p50_ms``       | batch-1 latency, p50 / ``p99_ms``                   |
+| ``bench/<variant>/texts_per_s``  | throughput at the largest benchmark batch size      |
+| ``bench/fast/...``               | the same for the bundle's fast variant              |
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from speedtrain.export.build import ExportOptions, build_bundle
+
+log = logging.getLogger(__name__)
+
+
+class ExportAndBenchmark(pl.Callback):
+    """Export, check and benchmark the best checkpoint's student into ``out_dir``.
+
+    Args:
+        out_dir: the bundle folder (``<run>/bundle``).
+        options: variants, parity budget, benchmark settings.
+        teacher: ``{"folder", "max_length", "num_labels", "accuracy"?}``: benchmark it as the "before".
+        extra: more manifest entries.
+    """
+
+    def __init__(self, out_dir: str | Path, options: ExportOptions, teacher: dict | None = None,
+                 extra: dict | None = None):
+        self.out_dir, self.options, self.teacher, self.extra = Path(out_dir), options, teacher, extra or {}
+        self.report: dict | None = None
+        self.seconds: float | None = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            started = time.perf_counter()
+            model = best_student(pl_module.model, trainer)
+            datamodule = trainer.datamodule
+            split = datamodule.splits["test"] if "test" in datamodule.splits else datamodule.splits["validation"]
+            self.report = build_bundle(
+                model, datamodule.tokenizer, self.out_dir, list(split["text"]), list(split["label"]),
+                datamodule.max_length, self.options, teacher=self.teacher, extra=self.extra)
+            self.seconds = time.perf_counter() - started
+            log_report(trainer, self.report, self.out_dir)
+        trainer.strategy.barrier()  # the other ranks wait for the bundle
+
+
+def best_student(model: torch.nn.Module, trainer: pl.Trainer) -> torch.nn.Module:
+    """A CPU copy of ``model`` with the best checkpoint's weights (the weights in memory if none was saved).
+
+    Checkpoints load with ``weights_only=True``; a DeepSpeed checkpoint (a folder of shards) is consolidated to
+    one fp32 state dict first.
+    """
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    student = copy.deepcopy(model).cpu().float().eval()
+    if not best:
+        return student
+    if Path(best).is_dir():  # DeepSpeed ZeRO: shards per rank
+        from pytorch_lightning.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+        with tempfile.TemporaryDirectory() as tmp:
+            convert_zero_checkpoint_to_fp32_state_dict(best, f"{tmp}/model.pt")
+            state = torch.load(f"{tmp}/model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    else:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    student.load_state_dict(weights)
+    return student
+
+
+def report_metrics(report: dict) -> dict[str, float]:
+    """Flat ``bench/<variant>/<name>`` metrics of a benchmark report."""
+    metrics = {}
+    rows = dict(report["variants"])
+    rows["fast"] = rows[report["fast"]]
+    for name, row in rows.items():
+        metrics[f"bench/{name}/acc"] = row["parity"]["accuracy"]
+        metrics[f"bench/{name}/agreement"] = row["parity"]["agreement"]
+        if "latency" in row:
+            metrics[f"bench/{name}/p50_ms"] = row["latency"]["p50_ms"]
+            metrics[f"bench/{name}/p99_ms"] = row["latency"]["p99_ms"]
+            metrics[f"bench/{name}/texts_per_s"] = list(row["throughput"].values())[-1]
+    if "teacher" in report:
+        metrics["bench/teacher/p50_ms"] = report["teacher"]["latency"]["p50_ms"]
+    return metrics
+
+
+def log_report(trainer: pl.Trainer, report: dict, bundle: Path) -> None:
+    """Metrics to every logger; the table and the bundle (artifact of type ``model``) to W&B."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    metrics = report_metrics(report)
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            run = logger.experiment
+            columns = ["variant", "accuracy", "agreement", "p50_ms", "p99_ms", "texts_per_s", "size_mb"]
+            table = wandb.Table(columns=columns)
+            for name, row in report["variants"].items():
+                lat = row.get("latency", {})
+                table.add_data(name, row["parity"]["accuracy"], row["parity"]["agreement"], lat.get("p50_ms"),
+                               lat.get("p99_ms"), list(row.get("throughput", {0: None}).values())[-1], row["size_mb"])
+            run.log({"bench/table": table})
+            artifact = wandb.Artifact(f"bundle-{run.id}", type="model", metadata={"fast": report["fast"]})
+            artifact.add_dir(str(bundle))
+            run.log_artifact(artifact)

@@ -1,0 +1,178 @@
+"""Build a bundle from a trained student: export, check parity, benchmark, pick the fast variant, write it all.
+
+    report = build_bundle(model, tokenizer, "outputs/<run>/bundle", test_texts, test_labels, max_length=32)
+
+The bundle is assembled in ``<out>.partial`` and renamed when complete, so a failed export leaves no half bundle
+(and the run's checkpoints and ``model/`` untouched).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from speedtrain.bench.latency import BenchOptions, benchmark_end_to_end, benchmark_runner, machine_info
+from speedtrain.bench.report import write_model_card, write_report
+from speedtrain.errors import UserError
+from speedtrain.export.bundle import write_manifest
+from speedtrain.export.parity import choose_fast, parity, predict_logits
+from speedtrain.export.runtime import VARIANT_FILES, TextEncoder, TorchRunner, load_runner
+
+log = logging.getLogger(__name__)
+
+EXPORTED = ("onnx", "onnx_int8", "onnx_fp16", "pt2")
+
+
+class ExportError(UserError):
+    """A variant could not be exported; the message names it and how to leave it out."""
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    """The ``export`` config node: variants, the parity budget and what the benchmark measures."""
+
+    variants: Sequence[str] = ("onnx", "onnx_int8", "onnx_fp16", "pt2")
+    int8_per_channel: bool = False
+    parity_budget: float = 0.5  # accuracy points a variant may lose against the PyTorch model and still be "fast"
+    benchmark: bool = True
+    bench: BenchOptions = dataclasses.field(default_factory=BenchOptions)
+
+    def __post_init__(self):
+        unknown = [v for v in self.variants if v not in EXPORTED]
+        if unknown:
+            raise UserError(f"export.variants: unknown {unknown}; pick from {list(EXPORTED)}")
+        if self.parity_budget < 0:
+            raise UserError(f"export.parity_budget={self.parity_budget} must be >= 0 (accuracy points)")
+        if isinstance(self.bench, dict):
+            self.bench = BenchOptions(**self.bench)
+
+
+def build_bundle(
+    model, tokenizer, out: str | Path, test_texts: Sequence[str], test_labels: Sequence[int], max_length: int,
+    options: ExportOptions | None = None, teacher: dict | None = None, extra: dict | None = None,
+) -> dict:
+    """Write the bundle of ``model`` to ``out`` and return its benchmark report.
+
+    Args:
+        model: a Hugging Face sequence classifier (the best checkpoint's weights); tokenizer: its tokenizer.
+        test_texts, test_labels: the data every variant is checked and benchmarked on (the test split).
+        max_length: the training truncation length.
+        teacher: ``{"folder", "max_length", "num_labels", "accuracy"?}`` to benchmark the teacher as the "before".
+        extra: more manifest entries (the run folder, its metrics).
+    """
+    options = options or ExportOptions()
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    timings = export_variants(model.eval().cpu(), tmp, max_length, options)
+
+    encoder = TextEncoder(tmp, max_length)
+    reference = predict_logits(load_runner(tmp, "pytorch"), encoder, test_texts)
+    rows = {}
+    for variant in ("pytorch", *options.variants):
+        logits = reference if variant == "pytorch" else predict_logits(load_runner(tmp, variant), encoder, test_texts)
+        rows[variant] = {"parity": parity(logits, reference, test_labels),
+                         "size_mb": (tmp / VARIANT_FILES[variant]).stat().st_size / 2**20}
+        if options.benchmark:
+            log.info("Benchmarking %s", variant)
+            rows[variant].update(benchmark_runner(lambda t, v=variant: load_runner(tmp, v, t), encoder, test_texts,
+                                                  options.bench))
+    fast = choose_fast(rows, "pytorch", options.parity_budget) if options.benchmark else "pytorch"
+    report = {
+        "schema": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(),
+        "data": {"split": "test", "texts": len(test_texts), "max_length": max_length},
+        "reference": "pytorch",
+        "parity_budget": options.parity_budget,
+        "fast": fast,
+        "variants": rows,
+        "export_s": timings,
+    }
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if options.benchmark:
+        report["end_to_end"] = benchmark_end_to_end(lambda t: _predictor(tmp, fast, t, encoder, labels).predict,
+                                                    test_texts, options.bench)
+        report["end_to_end"]["variant"] = fast
+        if teacher:
+            report["teacher"] = benchmark_teacher(teacher, test_texts, options.bench)
+    write_manifest(tmp, labels=labels, max_length=max_length, variants=["pytorch", *options.variants], fast=fast,
+                   extra=extra)
+    write_report(tmp, report)
+    write_model_card(tmp, report, labels)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log.info("Bundle written to %s (fast variant: %s)", out, fast)
+    return report
+
+
+def export_variants(model, folder: Path, max_length: int, options: ExportOptions) -> dict:
+    """Write each variant of ``options.variants`` into ``folder``; return seconds per variant."""
+    from speedtrain.export.onnx import export_onnx, to_fp16
+    from speedtrain.export.pt2 import export_pt2
+    from speedtrain.export.quantize import quantize_int8
+
+    onnx_path = folder / VARIANT_FILES["onnx"]
+    steps = {
+        "onnx": lambda: export_onnx(model, onnx_path, max_length),
+        "onnx_int8": lambda: quantize_int8(onnx_path, folder / VARIANT_FILES["onnx_int8"], options.int8_per_channel),
+        "onnx_fp16": lambda: to_fp16(onnx_path, folder / VARIANT_FILES["onnx_fp16"]),
+        "pt2": lambda: export_pt2(model, folder / VARIANT_FILES["pt2"], max_length),
+    }
+    wanted = list(options.variants)
+    needs_onnx = any(v.startswith("onnx_") for v in wanted)
+    timings = {}
+    for variant in (["onnx"] if needs_onnx or "onnx" in wanted else []) + [v for v in wanted if v != "onnx"]:
+        started = time.perf_counter()
+        try:
+            steps[variant]()
+        except Exception as err:
+            log.error("Export of %s failed", variant, exc_info=True)
+            others = [v for v in wanted if v != variant]
+            raise ExportError(
+                f"exporting the {variant} variant failed ({type(err).__name__}: {err}); the run's checkpoints and "
+                f"model/ are kept. Leave the variant out (export.variants={others}) or skip the export "
+                "(export.enabled=false)") from err
+        timings[variant] = time.perf_counter() - started
+    if "onnx" not in wanted and onnx_path.exists():
+        onnx_path.unlink()  # only the source of int8/fp16
+    return timings
+
+
+def benchmark_teacher(teacher: dict, texts: Sequence[str], options: BenchOptions) -> dict:
+    """The teacher in PyTorch eager: the "before" of the speed-up. Accuracy is the run's, if given."""
+    from transformers import AutoModelForSequenceClassification
+
+    from transformers.utils import logging as hf_logging
+
+    def load(threads):
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a pretrained encoder gets a new head: speed does not care
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                teacher["folder"], num_labels=teacher["num_labels"], use_safetensors=True).eval()
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return TorchRunner(model, threads or os.cpu_count() or 1)
+
+    encoder = TextEncoder(teacher["folder"], teacher["max_length"])
+    fewer = dataclasses.replace(options, min_reps=min(options.min_reps, 100), warmup=min(options.warmup, 5))
+    row = benchmark_runner(load, encoder, texts, fewer)
+    row["source"] = str(teacher.get("name") or teacher["folder"])
+    row["accuracy"] = teacher.get("accuracy")
+    return row
+
+
+def _predictor(folder: Path, variant: str, threads: int | None, encoder: TextEncoder, labels: list[str]):
+    from speedtrain.serve.predictor import Predictor
+
+    return Predictor(load_runner(folder, variant, threads), encoder, labels, cache_size=0, variant=variant)

@@ -1,0 +1,48 @@
+"""Does a variant predict what the trained model predicts? Accuracy, top-1 agreement, max |logit difference|.
+
+The bundle's "fast" variant is the fastest whose accuracy is within the budget of the PyTorch model's — never
+one outside it (the PyTorch model itself always qualifies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from speedtrain.export.runtime import Runner, TextEncoder
+
+
+def predict_logits(runner: Runner, encoder: TextEncoder, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """Logits ``(N, C)`` of ``runner`` for ``texts``, in batches padded to their longest text."""
+    parts = [runner(*encoder(list(texts[i:i + batch_size]))) for i in range(0, len(texts), batch_size)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def parity(logits: np.ndarray, reference: np.ndarray, labels: Sequence[int]) -> dict:
+    """Accuracy (points) on ``labels``, agreement (points) and max |logit diff| of ``logits`` against ``reference``.
+
+    Args:
+        logits, reference: ``(N, C)``; labels: ``(N,)`` true classes.
+    """
+    labels = np.asarray(labels)
+    predicted = logits.argmax(axis=1)
+    return {
+        "accuracy": float((predicted == labels).mean() * 100),
+        "agreement": float((predicted == reference.argmax(axis=1)).mean() * 100),
+        "max_abs_logit_diff": float(np.abs(logits - reference).max()),
+    }
+
+
+def choose_fast(rows: dict[str, dict], reference: str, budget: float) -> str:
+    """The variant with the lowest batch-1 p50 latency among those within ``budget`` accuracy points of
+    ``reference``.
+
+    Args:
+        rows: variant -> ``{"parity": {"accuracy": ...}, "latency": {"p50_ms": ...}}``; variants without a
+            latency (not benchmarked) are not candidates.
+    """
+    floor = rows[reference]["parity"]["accuracy"] - budget
+    candidates = [name for name, row in rows.items()
+                  if row.get("latency") and row["parity"]["accuracy"] >= floor - 1e-9]
+    return min(candidates, key=lambda name: rows[name]["latency"]["p50_ms"])

@@ -1,0 +1,27 @@
+"""INT8 ONNX: dynamic quantization with ONNX Runtime (weights int8 ahead of time, activations at run time).
+
+``torch.ao.quantization`` is deprecated; ``onnxruntime.quantization.quantize_dynamic`` is the maintained path.
+Per-tensor is the default: per-channel was no faster here and its logits moved further from fp32 (bert_tiny on
+the 2-core CPU: max |logit diff| 0.81 vs 0.25, both 100% top-1 agreement on 512 texts).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = False) -> None:
+    """Write a dynamically quantized (int8 weights, uint8 activations) copy of the ONNX model ``src``.
+
+    Args:
+        src: fp32 ONNX model (fused or not).
+        dst: output path.
+        per_channel: one scale per output channel instead of per tensor.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8)
+    log.info("Quantized %s -> %s (per_channel=%s)", src, dst, per_channel)

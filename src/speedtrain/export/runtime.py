@@ -1,0 +1,125 @@
+"""Run any variant of a bundle through one interface: ``runner(input_ids, attention_mask) -> logits``.
+
+Inputs are int64 numpy arrays ``(B, T)``; the output is a float32 numpy array ``(B, C)``. ``threads`` sets the
+intra-op threads of the variant's runtime (ONNX Runtime session or torch).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speedtrain.errors import UserError
+
+Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+# variant name -> file in the bundle ("pytorch" is the Hugging Face folder itself)
+VARIANT_FILES = {
+    "pytorch": "model.safetensors",
+    "onnx": "model.onnx",
+    "onnx_int8": "model.int8.onnx",
+    "onnx_fp16": "model.fp16.onnx",
+    "pt2": "model.pt2",
+}
+
+
+def load_runner(bundle: str | Path, variant: str, threads: int | None = None) -> Runner:
+    """The variant ``variant`` of the bundle (or HF model folder) ``bundle`` as a runner.
+
+    Args:
+        bundle: a bundle folder (or, for ``pytorch``, any folder ``save_pretrained`` wrote).
+        variant: one of :data:`VARIANT_FILES`.
+        threads: intra-op threads; ``None``: all cores.
+    """
+    if variant not in VARIANT_FILES:
+        raise UserError(f"unknown variant {variant!r}; pick one of {sorted(VARIANT_FILES)} (or 'fast')")
+    path = Path(bundle) / VARIANT_FILES[variant]
+    if not path.is_file():
+        raise UserError(f"variant {variant!r} is not in {bundle} ({path.name} missing); "
+                        f"export it (export.variants) or pick another")
+    threads = threads or os.cpu_count() or 1
+    if variant == "pytorch":
+        return TorchRunner(load_pretrained(bundle), threads)
+    if variant == "pt2":
+        return TorchRunner(torch._inductor.aoti_load_package(str(path)), threads)
+    return OrtRunner(path, threads)
+
+
+def load_pretrained(folder: str | Path) -> torch.nn.Module:
+    """The Hugging Face classifier in ``folder`` (safetensors only, no remote code), eval mode, CPU."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(folder), use_safetensors=True, trust_remote_code=False)
+    return model.eval()
+
+
+class TorchRunner:
+    """A torch module (HF model or AOTInductor package) behind the numpy runner interface."""
+
+    def __init__(self, model: Callable, threads: int):
+        self.model, self.threads = model, threads
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        ids, mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+        if torch.get_num_threads() != self.threads:  # torch's thread count is global: set it per call
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            if isinstance(self.model, torch.nn.Module):
+                out = self.model(input_ids=ids, attention_mask=mask).logits
+            else:  # an AOTInductor package: positional inputs, returns the logits
+                out = self.model(ids, mask)
+        return out.float().numpy()
+
+
+class OrtRunner:
+    """An ONNX Runtime CPU session (all graph optimisations, ``threads`` intra-op threads)."""
+
+    def __init__(self, path: str | Path, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # warnings about unused initializers are noise here
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+
+
+class TextEncoder:
+    """Texts -> ``(input_ids, attention_mask)`` int64 arrays, truncated and padded exactly as in training.
+
+    Uses the folder's ``tokenizer.json`` through ``tokenizers`` directly (2x less overhead than calling the
+    ``transformers`` tokenizer for one text: 0.06 vs 0.11 ms here); same ids, tested.
+    """
+
+    def __init__(self, folder: str | Path, max_length: int):
+        from tokenizers import Tokenizer
+
+        path = Path(folder) / "tokenizer.json"
+        if not path.is_file():
+            raise UserError(f"{folder} has no tokenizer.json; save the tokenizer there with save_pretrained")
+        self.tokenizer = Tokenizer.from_file(str(path))
+        self.tokenizer.enable_truncation(max_length)
+        pad_id = self.tokenizer.token_to_id("[PAD]")
+        self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id)
+        self.max_length = max_length
+        normalizer = self.tokenizer.normalizer
+        self._normalize = normalizer.normalize_str if normalizer is not None else (lambda text: text)
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        return ids, mask
+
+    def normalize(self, text: str) -> str:
+        """The text as the tokenizer sees it (its normalizer, runs of whitespace as one space): a cache key."""
+        return " ".join(self._normalize(text).split())

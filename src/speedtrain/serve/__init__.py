@@ -1,0 +1,1 @@
+"""Serve a bundle: the Python ``Predictor`` and the HTTP app."""

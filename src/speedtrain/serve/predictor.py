@@ -1,0 +1,143 @@
+"""Predict with a bundle from Python: batching, an LRU cache of results, the variant of your choice.
+
+    from speedtrain.serve.predictor import Predictor
+    predictor = Predictor.load("outputs/<run>/bundle")          # the bundle's fast variant
+    predictor.predict(["live horses for breeding"])             # [{"label": "01", "score": 0.97}]
+    predictor.predict_proba(texts)                              # (N, C) numpy probabilities
+    await predictor.apredict(texts)                             # the same, off the event loop
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from speedtrain.errors import UserError
+from speedtrain.export.bundle import read_manifest, verify_bundle
+from speedtrain.export.runtime import TextEncoder, load_runner
+
+
+class Predictor:
+    """A loaded variant of a bundle with its tokenizer, label names and a result cache.
+
+    Args:
+        runner: ``runner(input_ids, attention_mask) -> logits``.
+        encoder: the bundle's tokenization (truncates to the training length).
+        labels: label names, by class index.
+        batch_size: largest batch one model call gets (longer inputs are split, texts of similar length together).
+        cache_size: results kept (LRU) keyed by the normalised text; 0 turns the cache off.
+    """
+
+    def __init__(self, runner, encoder: TextEncoder, labels: list[str], batch_size: int = 256,
+                 cache_size: int = 65536, variant: str = ""):
+        if batch_size <= 0:
+            raise UserError(f"batch_size={batch_size} must be positive")
+        self.runner, self.encoder, self.labels = runner, encoder, list(labels)
+        self.batch_size, self.cache_size, self.variant = batch_size, cache_size, variant
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @classmethod
+    def load(cls, bundle: str | Path, variant: str = "fast", threads: int | None = None, verify: bool = True,
+             **kwargs) -> Predictor:
+        """Load ``variant`` (``fast``: the one the bundle's manifest names) of the bundle folder ``bundle``.
+
+        Args:
+            threads: the runtime's intra-op threads (None: all cores).
+            verify: check every file against the manifest's hashes first (a changed or missing file is an error).
+            **kwargs: ``batch_size``, ``cache_size``.
+        """
+        manifest = verify_bundle(bundle) if verify else read_manifest(bundle)
+        name = manifest["fast"] if variant == "fast" else variant
+        if name not in manifest["variants"]:
+            raise UserError(f"variant {variant!r} is not in the bundle {bundle}; it has {sorted(manifest['variants'])} "
+                            "(or 'fast')")
+        runner = load_runner(bundle, name, threads)
+        return cls(runner, TextEncoder(bundle, manifest["max_length"]), manifest["labels"], variant=name, **kwargs)
+
+    def predict(self, texts: list[str]) -> list[dict]:
+        """``[{"label": name, "score": probability}]`` for each text, in order."""
+        probs = self.predict_proba(texts)
+        best = probs.argmax(axis=1)
+        return [{"label": self.labels[i], "score": float(p[i])} for i, p in zip(best, probs)]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Class probabilities ``(N, C)`` for the ``N`` texts."""
+        texts = _check_texts(texts)
+        keys = [self.encoder.normalize(t) for t in texts]
+        found = self._lookup(keys)
+        todo = list(dict.fromkeys(k for k, p in zip(keys, found) if p is None))  # unique misses, in order
+        if todo:
+            computed = self._run(todo)
+            self._store(todo, computed)
+            new = dict(zip(todo, computed))
+            found = [p if p is not None else new[k] for k, p in zip(keys, found)]
+        return np.stack(found)
+
+    async def apredict(self, texts: list[str]) -> list[dict]:
+        """:meth:`predict` in a worker thread, so the event loop keeps serving."""
+        return await asyncio.to_thread(self.predict, texts)
+
+    def cache_info(self) -> dict:
+        """Hits, misses, current size and capacity of the result cache."""
+        return {"hits": self.hits, "misses": self.misses, "size": len(self._cache), "capacity": self.cache_size}
+
+    def _run(self, texts: list[str]) -> list[np.ndarray]:
+        """Probabilities for unique texts: sorted by length into batches, so padding stays short."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[np.ndarray | None] = [None] * len(texts)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            logits = self.runner(*self.encoder([texts[i] for i in chunk]))
+            for i, row in zip(chunk, softmax(logits)):
+                out[i] = row
+        return out
+
+    def _lookup(self, keys: list[str]) -> list[np.ndarray | None]:
+        if not self.cache_size:
+            self.misses += len(keys)
+            return [None] * len(keys)
+        with self._lock:
+            found = [self._cache.get(k) for k in keys]
+            for k, p in zip(keys, found):
+                if p is not None:
+                    self._cache.move_to_end(k)
+            hits = sum(p is not None for p in found)
+            self.hits += hits
+            self.misses += len(keys) - hits
+        return found
+
+    def _store(self, keys: list[str], probs: list[np.ndarray]) -> None:
+        if not self.cache_size:
+            return
+        with self._lock:
+            for k, p in zip(keys, probs):
+                self._cache[k] = p
+                self._cache.move_to_end(k)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``(N, C)`` logits, in float32."""
+    z = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _check_texts(texts) -> list[str]:
+    if isinstance(texts, str):
+        raise UserError("texts must be a list of strings, not one string; pass [text]")
+    if not isinstance(texts, (list, tuple)):
+        raise UserError(f"texts must be a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise UserError("texts is empty; pass at least one text")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise UserError(f"texts[{bad}] is {type(texts[bad]).__name__}, not a string; pass a list of strings")
+    return list(texts)
