@@ -1,7 +1,10 @@
 """The ``speedtrain`` command.
 
-    speedtrain train +experiment=baseline       # same as `python train.py ...`, with the installed configs
-    speedtrain info                             # versions, devices, where the configs and the cache are
+    speedtrain train +experiment=baseline                  # same as `python train.py ...`, with the installed configs
+    speedtrain export outputs/<run> [--out DIR] [export.variants=[onnx,onnx_int8] ...]
+    speedtrain bench outputs/<run>/bundle                  # re-benchmark a bundle on this machine
+    speedtrain predict outputs/<run>/bundle "text" ... [--json] [--variant onnx]
+    speedtrain info                                        # versions, devices, where the configs and the cache are
 """
 
 from __future__ import annotations
@@ -12,9 +15,17 @@ import sys
 USAGE = """usage: speedtrain <command> [args]
 
 commands:
-  train [overrides...]   train with the packaged Hydra configs (same flags as `python train.py`)
-  info                   versions, devices, config folder and cache folder
+  train [overrides...]                 train with the packaged Hydra configs (same flags as `python train.py`)
+  export RUN_DIR|CKPT [--out DIR] [export.key=value ...]
+                                       export, check and benchmark a finished run's model into a bundle
+  bench BUNDLE [--out DIR] [export.bench.key=value ...]
+                                       re-benchmark a bundle on this machine (rewrites its benchmark files)
+  predict BUNDLE TEXT... [--variant NAME] [--json]
+                                       label and score of each text
+  info                                 versions, devices, config folder and cache folder
 """
+
+COMMANDS = ("train", "export", "bench", "predict", "info")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         return _train(rest)
     if command == "info":
         return _info()
-    print(f"speedtrain: error: unknown command {command!r}; use one of: train, info", file=sys.stderr)
+    if command in ("export", "bench", "predict"):
+        from speedtrain.errors import exit_on_user_error
+
+        with exit_on_user_error():
+            from speedtrain import commands
+
+            return getattr(commands, command)(rest)
+    print(f"speedtrain: error: unknown command {command!r}; use one of: {', '.join(COMMANDS)}", file=sys.stderr)
     return 2
 
 

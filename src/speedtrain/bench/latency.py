@@ -35,7 +35,9 @@ class BenchOptions:
     min_reps: int = 300  # latency calls at least ...
     min_time_s: float = 1.0  # ... and at least this long
     max_reps: int = 20000
-    throughput_time_s: float = 0.3  # per batch size, after 2 warm-up calls; at least 3 calls
+    throughput_time_s: float = 0.3  # per batch size, after the warm-up calls ...
+    throughput_warmup: int = 2
+    throughput_min_reps: int = 3  # ... and at least this many calls
 
 
 def machine_info() -> dict:
@@ -105,7 +107,8 @@ def benchmark_runner(
     for size in options.batch_sizes:
         batches = [encoder(list(texts[i:i + size])) for i in range(0, max(1, len(texts) - size + 1), size)][:8]
         batches = batches or [encoder(list(texts[:size]))]
-        times = timed_calls(lambda i: runner(*batches[i % len(batches)]), 2, 3, options.throughput_time_s, 10000)
+        times = timed_calls(lambda i: runner(*batches[i % len(batches)]), options.throughput_warmup,
+                            options.throughput_min_reps, options.throughput_time_s, 10000)
         result["throughput"][str(size)] = float(len(batches[0][0]) / np.median(times))
         peak = max(peak, process.memory_info().rss)
     result["memory_mb"] = float(max(0, peak - rss_before) / 2**20)
@@ -125,6 +128,7 @@ def benchmark_end_to_end(
     predict = make_predict(options.threads)
     for size in options.batch_sizes:
         batches = [list(texts[i:i + size]) for i in range(0, max(1, len(texts) - size + 1), size)][:8]
-        times = timed_calls(lambda i: predict(batches[i % len(batches)]), 2, 3, options.throughput_time_s, 10000)
+        times = timed_calls(lambda i: predict(batches[i % len(batches)]), options.throughput_warmup,
+                            options.throughput_min_reps, options.throughput_time_s, 10000)
         result["throughput"][str(size)] = float(len(batches[0]) / np.median(times))
     return result

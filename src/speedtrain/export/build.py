@@ -26,6 +26,7 @@ from speedtrain.export.runtime import VARIANT_FILES, TextEncoder, TorchRunner, l
 log = logging.getLogger(__name__)
 
 EXPORTED = ("onnx", "onnx_int8", "onnx_fp16", "pt2")
+TEXTS_FILE = "benchmark_texts.txt"  # the test texts the bundle was benchmarked on: `speedtrain bench` reuses them
 
 
 class ExportError(UserError):
@@ -74,36 +75,13 @@ def build_bundle(
     tokenizer.save_pretrained(tmp)
     timings = export_variants(model.eval().cpu(), tmp, max_length, options)
 
-    encoder = TextEncoder(tmp, max_length)
-    reference = predict_logits(load_runner(tmp, "pytorch"), encoder, test_texts)
-    rows = {}
-    for variant in ("pytorch", *options.variants):
-        logits = reference if variant == "pytorch" else predict_logits(load_runner(tmp, variant), encoder, test_texts)
-        rows[variant] = {"parity": parity(logits, reference, test_labels),
-                         "size_mb": (tmp / VARIANT_FILES[variant]).stat().st_size / 2**20}
-        if options.benchmark:
-            log.info("Benchmarking %s", variant)
-            rows[variant].update(benchmark_runner(lambda t, v=variant: load_runner(tmp, v, t), encoder, test_texts,
-                                                  options.bench))
-    fast = choose_fast(rows, "pytorch", options.parity_budget) if options.benchmark else "pytorch"
-    report = {
-        "schema": 1,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine_info(),
-        "data": {"split": "test", "texts": len(test_texts), "max_length": max_length},
-        "reference": "pytorch",
-        "parity_budget": options.parity_budget,
-        "fast": fast,
-        "variants": rows,
-        "export_s": timings,
-    }
+    (tmp / TEXTS_FILE).write_text("".join(" ".join(t.split()) + "\n" for t in test_texts))
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if options.benchmark:
-        report["end_to_end"] = benchmark_end_to_end(lambda t: _predictor(tmp, fast, t, encoder, labels).predict,
-                                                    test_texts, options.bench)
-        report["end_to_end"]["variant"] = fast
-        if teacher:
-            report["teacher"] = benchmark_teacher(teacher, test_texts, options.bench)
+    rows = check_parity(tmp, ["pytorch", *options.variants], test_texts, test_labels, max_length)
+    report = benchmark_bundle(tmp, rows, test_texts, max_length, labels, options, teacher)
+    report["export_s"] = timings
+    fast = report["fast"]
+    extra = {**(extra or {}), "teacher": teacher} if teacher else extra
     write_manifest(tmp, labels=labels, max_length=max_length, variants=["pytorch", *options.variants], fast=fast,
                    extra=extra)
     write_report(tmp, report)
@@ -112,6 +90,51 @@ def build_bundle(
         shutil.rmtree(out)
     tmp.rename(out)
     log.info("Bundle written to %s (fast variant: %s)", out, fast)
+    return report
+
+
+def check_parity(folder: Path, variants: list[str], texts: Sequence[str], labels: Sequence[int],
+                 max_length: int) -> dict:
+    """Accuracy, agreement and max |logit diff| of each variant against the PyTorch model, and its size."""
+    encoder = TextEncoder(folder, max_length)
+    reference = predict_logits(load_runner(folder, "pytorch"), encoder, texts)
+    rows = {}
+    for variant in variants:
+        logits = reference if variant == "pytorch" else predict_logits(load_runner(folder, variant), encoder, texts)
+        rows[variant] = {"parity": parity(logits, reference, labels),
+                         "size_mb": (folder / VARIANT_FILES[variant]).stat().st_size / 2**20}
+    return rows
+
+
+def benchmark_bundle(folder: Path, rows: dict, texts: Sequence[str], max_length: int, labels: list[str],
+                     options: ExportOptions, teacher: dict | None = None) -> dict:
+    """Benchmark every variant in ``rows`` (which carry their parity), pick the fast one; return the report.
+
+    Without ``options.benchmark`` only parity is reported and the fast variant is the PyTorch model.
+    """
+    encoder = TextEncoder(folder, max_length)
+    for variant, row in rows.items():
+        if options.benchmark:
+            log.info("Benchmarking %s", variant)
+            row.update(benchmark_runner(lambda t, v=variant: load_runner(folder, v, t), encoder, texts, options.bench))
+    fast = choose_fast(rows, "pytorch", options.parity_budget) if options.benchmark else "pytorch"
+    report = {
+        "schema": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(),
+        "data": {"split": "test", "texts": len(texts), "max_length": max_length},
+        "reference": "pytorch",
+        "parity_budget": options.parity_budget,
+        "fast": fast,
+        "variants": rows,
+        "export_s": {},
+    }
+    if options.benchmark:
+        report["end_to_end"] = benchmark_end_to_end(
+            lambda t: _predictor(folder, fast, t, encoder, labels).predict, texts, options.bench)
+        report["end_to_end"]["variant"] = fast
+        if teacher and Path(teacher["folder"]).is_dir():
+            report["teacher"] = benchmark_teacher(teacher, texts, options.bench)
     return report
 
 
@@ -165,7 +188,9 @@ def benchmark_teacher(teacher: dict, texts: Sequence[str], options: BenchOptions
         return TorchRunner(model, threads or os.cpu_count() or 1)
 
     encoder = TextEncoder(teacher["folder"], teacher["max_length"])
-    fewer = dataclasses.replace(options, min_reps=min(options.min_reps, 100), warmup=min(options.warmup, 5))
+    # ~100x slower than the student: fewer calls (a batch of 256 takes seconds on a small CPU)
+    fewer = dataclasses.replace(options, min_reps=min(options.min_reps, 100), warmup=min(options.warmup, 5),
+                                throughput_warmup=1, throughput_min_reps=1)
     row = benchmark_runner(load, encoder, texts, fewer)
     row["source"] = str(teacher.get("name") or teacher["folder"])
     row["accuracy"] = teacher.get("accuracy")

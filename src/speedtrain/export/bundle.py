@@ -5,7 +5,7 @@
       tokenizer.json tokenizer_config.json   its tokenizer
       model.onnx model.int8.onnx ...         exported variants (speedtrain.json names the "fast" one)
       labels.json speedtrain.json README.md  label names; manifest; model card
-      benchmark.json benchmark.md benchmark.png
+      benchmark.json benchmark.md benchmark.png benchmark_texts.txt   (the test texts it was benchmarked on)
 
 ``speedtrain.json`` holds the versions that wrote the bundle, the max length, the variants with their files, the
 fast variant and the sha256 of every model file; :func:`verify_bundle` checks them before anything is loaded.
@@ -23,7 +23,7 @@ from speedtrain.export.runtime import VARIANT_FILES
 
 MANIFEST = "speedtrain.json"
 FORMAT_VERSION = 1
-UNHASHED = {MANIFEST, "benchmark.json", "benchmark.md", "benchmark.png", "README.md"}
+UNHASHED = {MANIFEST, "benchmark.json", "benchmark.md", "benchmark.png", "README.md", "benchmark_texts.txt"}
 
 
 def sha256(path: Path) -> str:

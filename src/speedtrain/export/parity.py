@@ -34,15 +34,18 @@ def parity(logits: np.ndarray, reference: np.ndarray, labels: Sequence[int]) -> 
     }
 
 
-def choose_fast(rows: dict[str, dict], reference: str, budget: float) -> str:
+def choose_fast(rows: dict[str, dict], reference: str, budget: float, tie: float = 0.05) -> str:
     """The variant with the lowest batch-1 p50 latency among those within ``budget`` accuracy points of
-    ``reference``.
+    ``reference``; latencies within ``tie`` (5%) of the lowest count as equal (timings on a shared machine move
+    that much), and the smallest file wins among them.
 
     Args:
-        rows: variant -> ``{"parity": {"accuracy": ...}, "latency": {"p50_ms": ...}}``; variants without a
-            latency (not benchmarked) are not candidates.
+        rows: variant -> ``{"parity": {"accuracy": ...}, "latency": {"p50_ms": ...}, "size_mb": ...}``; variants
+            without a latency (not benchmarked) are not candidates.
     """
     floor = rows[reference]["parity"]["accuracy"] - budget
     candidates = [name for name, row in rows.items()
                   if row.get("latency") and row["parity"]["accuracy"] >= floor - 1e-9]
-    return min(candidates, key=lambda name: rows[name]["latency"]["p50_ms"])
+    best = min(rows[name]["latency"]["p50_ms"] for name in candidates)
+    near = [name for name in candidates if rows[name]["latency"]["p50_ms"] <= best * (1 + tie)]
+    return min(near, key=lambda name: (rows[name]["size_mb"], rows[name]["latency"]["p50_ms"]))

@@ -23,5 +23,11 @@ def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = False) -
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # the quantizer logs one INFO line per tensor to the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     log.info("Quantized %s -> %s (per_channel=%s)", src, dst, per_channel)

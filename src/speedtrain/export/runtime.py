@@ -52,7 +52,9 @@ def load_runner(bundle: str | Path, variant: str, threads: int | None = None) ->
 def load_pretrained(folder: str | Path) -> torch.nn.Module:
     """The Hugging Face classifier in ``folder`` (safetensors only, no remote code), eval mode, CPU."""
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Loading weights" bars for a 4 MB file, once per variant
     model = AutoModelForSequenceClassification.from_pretrained(
         str(folder), use_safetensors=True, trust_remote_code=False)
     return model.eval()

@@ -1,0 +1,128 @@
+"""``speedtrain export|bench|predict``: the bundle commands (``cli.py`` parses the command name)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from speedtrain.errors import UserError
+
+
+def export(argv: list[str]) -> int:
+    """Export a finished run (its ``model/`` or a given checkpoint) into a bundle, like the end of a run does."""
+    parser = argparse.ArgumentParser(prog="speedtrain export", description=export.__doc__)
+    parser.add_argument("source", help="a run folder (outputs/<date>/<time>) or one of its .ckpt files")
+    parser.add_argument("--out", help="bundle folder (default: <run>/bundle)")
+    parser.add_argument("overrides", nargs="*", help="config values, e.g. export.variants=[onnx,onnx_int8]")
+    args = parser.parse_args(argv)
+    _logging()
+    from speedtrain.config import config_dir
+    from speedtrain.export.build import build_bundle
+    from speedtrain.pipeline import build_datamodule, build_exporter
+
+    source = Path(args.source)
+    run_dir = source.parent.parent if source.suffix == ".ckpt" else source
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.is_file():
+        raise UserError(f"{run_dir} is not a run folder ({config} missing); pass the folder train.py wrote or "
+                        "one of its checkpoints")
+    defaults = {"export": OmegaConf.load(Path(config_dir()) / "export" / "default.yaml")}  # runs older than export
+    cfg = OmegaConf.merge(defaults, OmegaConf.load(config), OmegaConf.from_dotlist(args.overrides))
+    cfg.export.enabled = True
+    cfg.paths.output_dir = str(run_dir)
+    model, tokenizer = _trained_model(run_dir, source if source.suffix == ".ckpt" else None)
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare()
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    distill = {"teacher_dir": metrics["teacher/dir"]} if metrics.get("teacher/dir") else None
+    exporter = build_exporter(cfg, datamodule, distill, metrics)
+    split = datamodule.splits["test"] if "test" in datamodule.splits else datamodule.splits["validation"]
+    out = Path(args.out) if args.out else exporter.out_dir
+    report = build_bundle(model, tokenizer, out, list(split["text"]), list(split["label"]), datamodule.max_length,
+                          exporter.options, teacher=exporter.teacher, extra=exporter.extra)
+    print((out / "benchmark.md").read_text())
+    print(f"bundle: {out} (fast variant: {report['fast']})")
+    return 0
+
+
+def bench(argv: list[str]) -> int:
+    """Re-benchmark a bundle on this machine: its variants, the teacher if present, on the texts it shipped with."""
+    parser = argparse.ArgumentParser(prog="speedtrain bench", description=bench.__doc__)
+    parser.add_argument("bundle")
+    parser.add_argument("--out", help="where to write benchmark.json/.md/.png (default: the bundle)")
+    parser.add_argument("overrides", nargs="*", help="benchmark settings, e.g. export.bench.min_time_s=2")
+    args = parser.parse_args(argv)
+    _logging()
+    from speedtrain.bench.report import write_model_card, write_report
+    from speedtrain.config import compose_config
+    from speedtrain.export.build import TEXTS_FILE, benchmark_bundle
+    from speedtrain.export.bundle import MANIFEST, verify_bundle
+    from speedtrain.pipeline import export_options
+
+    bundle = Path(args.bundle)
+    manifest = verify_bundle(bundle)
+    options = export_options(compose_config(["paths.output_dir=.", *args.overrides]))
+    previous = json.loads((bundle / "benchmark.json").read_text())
+    rows = {name: {k: previous["variants"][name][k] for k in ("parity", "size_mb")} for name in manifest["variants"]}
+    texts = (bundle / TEXTS_FILE).read_text().splitlines()
+    report = benchmark_bundle(bundle, rows, texts, manifest["max_length"], manifest["labels"], options,
+                              manifest.get("teacher"))
+    report["export_s"] = previous.get("export_s", {})
+    out = Path(args.out) if args.out else bundle
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out, report)
+    if out == bundle:
+        write_model_card(bundle, report, manifest["labels"])
+        if report["fast"] != manifest["fast"]:  # the fastest variant depends on the machine
+            print(f"fast variant on this machine: {report['fast']} (was {manifest['fast']}); manifest updated")
+            manifest["fast"] = report["fast"]
+            (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    print((out / "benchmark.md").read_text())
+    return 0
+
+
+def predict(argv: list[str]) -> int:
+    """Print the label and score of each text (one per line, tab-separated), or JSON with --json."""
+    parser = argparse.ArgumentParser(prog="speedtrain predict", description=predict.__doc__)
+    parser.add_argument("bundle")
+    parser.add_argument("texts", nargs="+", metavar="text")
+    parser.add_argument("--variant", default="fast", help="a variant of the bundle (default: its fast one)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of {text, label, score}")
+    args = parser.parse_args(argv)
+    from speedtrain.serve.predictor import Predictor
+
+    predictions = Predictor.load(args.bundle, variant=args.variant).predict(args.texts)
+    if args.json:
+        print(json.dumps([{"text": t, **p} for t, p in zip(args.texts, predictions)], indent=1))
+    else:
+        for text, p in zip(args.texts, predictions):
+            print(f"{p['label']}\t{p['score']:.4f}\t{text}")
+    return 0
+
+
+def _trained_model(run_dir: Path, checkpoint: Path | None):
+    """The run's best model (``model/``), or ``model/``'s architecture with the weights of ``checkpoint``."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from speedtrain.export.runtime import load_pretrained
+
+    folder = run_dir / "model"
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{run_dir} has no model/ folder (the run did not finish); export needs it")
+    model = load_pretrained(folder)
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise UserError(f"checkpoint {checkpoint} not found")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("speedtrain").setLevel(logging.INFO)
