@@ -41,10 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     if command in ("export", "bench", "predict"):
         from speedtrain.errors import exit_on_user_error
 
-        with exit_on_user_error():
-            from speedtrain import commands
+        try:
+            with exit_on_user_error():
+                from speedtrain import commands
 
-            return getattr(commands, command)(rest)
+                return getattr(commands, command)(rest)
+        except SystemExit as done:  # a user error (one line on stderr) or argparse: the exit code
+            return done.code if isinstance(done.code, int) else 1
     print(f"speedtrain: error: unknown command {command!r}; use one of: {', '.join(COMMANDS)}", file=sys.stderr)
     return 2
 

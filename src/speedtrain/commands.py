@@ -18,7 +18,7 @@ def export(argv: list[str]) -> int:
     parser.add_argument("source", help="a run folder (outputs/<date>/<time>) or one of its .ckpt files")
     parser.add_argument("--out", help="bundle folder (default: <run>/bundle)")
     parser.add_argument("overrides", nargs="*", help="config values, e.g. export.variants=[onnx,onnx_int8]")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     _logging()
     from speedtrain.config import config_dir
     from speedtrain.export.build import build_bundle
@@ -55,7 +55,7 @@ def bench(argv: list[str]) -> int:
     parser.add_argument("bundle")
     parser.add_argument("--out", help="where to write benchmark.json/.md/.png (default: the bundle)")
     parser.add_argument("overrides", nargs="*", help="benchmark settings, e.g. export.bench.min_time_s=2")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     _logging()
     from speedtrain.bench.report import write_model_card, write_report
     from speedtrain.config import compose_config
@@ -92,7 +92,7 @@ def predict(argv: list[str]) -> int:
     parser.add_argument("texts", nargs="+", metavar="text")
     parser.add_argument("--variant", default="fast", help="a variant of the bundle (default: its fast one)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of {text, label, score}")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     from speedtrain.serve.predictor import Predictor
 
     predictions = Predictor.load(args.bundle, variant=args.variant).predict(args.texts)

@@ -1,0 +1,152 @@
+"""The export callback's bundle in a tiny run: every file, parity, schema, loading, the CLI, and corruption."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from speedtrain.bench.report import validate_report
+from speedtrain.cli import main
+from speedtrain.errors import UserError
+from speedtrain.export.bundle import read_manifest, verify_bundle
+from speedtrain.export.parity import choose_fast
+from speedtrain.export.runtime import TextEncoder, load_runner
+from speedtrain.serve.predictor import Predictor
+
+FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "model.onnx",
+         "model.int8.onnx", "model.fp16.onnx", "model.pt2", "labels.json", "speedtrain.json", "README.md",
+         "benchmark.json", "benchmark.md", "benchmark.png", "benchmark_texts.txt"]
+
+
+def test_callback_writes_every_file(tiny_run):
+    bundle = tiny_run / "bundle"
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(FILES)
+    assert not (tiny_run / "bundle.partial").exists()
+    manifest = verify_bundle(bundle)
+    assert set(manifest["variants"]) == {"pytorch", "onnx", "onnx_int8", "onnx_fp16", "pt2"}
+    assert {"model.onnx", "model.safetensors", "tokenizer.json", "labels.json"} <= set(manifest["files"])
+    assert manifest["max_length"] == 32 and len(manifest["labels"]) == 21
+    assert manifest["versions"]["torch"] and manifest["teacher"]["max_length"] == 24
+    assert (bundle / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["bundle"]["fast"] == manifest["fast"] and metrics["timings"]["export_s"] > 0
+
+
+def test_benchmark_report(tiny_bundle):
+    report = json.loads((tiny_bundle / "benchmark.json").read_text())
+    validate_report(report)
+    rows = report["variants"]
+    for name, row in rows.items():
+        assert row["latency"]["p50_ms"] <= row["latency"]["p99_ms"] and row["latency"]["reps"] >= 20
+        assert set(row["throughput"]) == {"1", "8"}
+    # parity on the real test texts
+    assert rows["onnx"]["parity"]["agreement"] == 100 and rows["onnx"]["parity"]["max_abs_logit_diff"] < 1e-4
+    assert rows["pt2"]["parity"]["agreement"] == 100 and rows["pt2"]["parity"]["max_abs_logit_diff"] < 1e-4
+    assert rows["onnx_int8"]["parity"]["agreement"] >= 95
+    assert rows["pytorch"]["parity"]["accuracy"] > 15  # a model that tells the 21 sections apart, a little
+    fast = report["fast"]
+    assert rows[fast]["parity"]["accuracy"] >= rows["pytorch"]["parity"]["accuracy"] - report["parity_budget"]
+    assert report["teacher"]["latency"]["p50_ms"] > 0 and report["end_to_end"]["variant"] == fast
+    assert report["data"]["texts"] == len((tiny_bundle / "benchmark_texts.txt").read_text().splitlines())
+    text = (tiny_bundle / "benchmark.md").read_text()
+    assert f"**{fast}**" in text and report["machine"]["cpu"] in text and "teacher" in text
+    broken = {**report, "variants": {**rows, "onnx": {**rows["onnx"], "parity": {"accuracy": 120}}}}
+    with pytest.raises(jsonschema.ValidationError):
+        validate_report(broken)
+
+
+@pytest.mark.parametrize("variant", ["onnx", "onnx_int8", "pt2"])
+def test_variant_matches_pytorch_at_batch_1_and_max_length(tiny_bundle, variant):
+    texts = (tiny_bundle / "benchmark_texts.txt").read_text().splitlines()
+    encoder = TextEncoder(tiny_bundle, 32)
+    reference, runner = load_runner(tiny_bundle, "pytorch", 1), load_runner(tiny_bundle, variant, 1)
+    longest = max(texts, key=len)
+    for batch in ([texts[0]], [longest], [longest + " " + longest] + texts[:7]):
+        ids, mask = encoder(batch)
+        expected = reference(ids, mask)
+        error = np.abs(runner(ids, mask) - expected)
+        if variant == "onnx_int8":  # a few logits move by up to ~1/4 of the range; typical ones by < 1%
+            assert error.mean() <= 0.02 * np.abs(expected).max() and error.max() <= 0.5 * np.abs(expected).max()
+        else:
+            assert error.max() <= 1e-4, (variant, ids.shape)
+    assert encoder([longest + " " + longest])[0].shape[1] == 32  # truncated like training
+
+
+def test_bundle_loads_in_transformers(tiny_bundle):
+    texts = (tiny_bundle / "benchmark_texts.txt").read_text().splitlines()[:50]
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bundle)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bundle)
+    logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
+    expected = [model.config.id2label[i] for i in logits.argmax(1).tolist()]
+    predicted = [p["label"] for p in Predictor.load(tiny_bundle, variant="onnx").predict(texts)]
+    assert predicted == expected
+
+
+def test_cli_predict_and_bench(tiny_bundle, tmp_path, capsys):
+    assert main(["predict", str(tiny_bundle), "live horses", "steel screws", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    labels = json.loads((tiny_bundle / "labels.json").read_text())
+    assert [o["text"] for o in out] == ["live horses", "steel screws"] and all(o["label"] in labels for o in out)
+    assert main(["predict", str(tiny_bundle), "live horses", "--variant", "pt2"]) == 0
+    assert capsys.readouterr().out.split("\t")[2].strip() == "live horses"
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    before = json.loads((copy / "benchmark.json").read_text())
+    assert main(["bench", str(copy), "export.bench.batch_sizes=[1,4]", "export.bench.min_reps=10",
+                 "export.bench.min_time_s=0.01", "export.bench.throughput_time_s=0.01"]) == 0
+    after = json.loads((copy / "benchmark.json").read_text())
+    assert set(after["variants"]["onnx"]["throughput"]) == {"1", "4"} and after["created"] >= before["created"]
+    assert after["variants"]["onnx_int8"]["parity"] == before["variants"]["onnx_int8"]["parity"]
+    assert read_manifest(copy)["fast"] == after["fast"] and "texts/s b4" in capsys.readouterr().out
+
+
+def test_cli_export_from_run_folder(tiny_run, tmp_path, capsys):
+    out = tmp_path / "again"
+    assert main(["export", str(tiny_run), "--out", str(out), "export.variants=[onnx_int8]", "export.teacher=false",
+                 "export.bench.batch_sizes=[1]", "export.bench.min_reps=10", "export.bench.min_time_s=0.01",
+                 "export.bench.throughput_time_s=0.01"]) == 0
+    manifest = verify_bundle(out)
+    assert set(manifest["variants"]) == {"pytorch", "onnx_int8"} and not (out / "model.onnx").exists()
+    first = json.loads((tiny_run / "bundle" / "benchmark.json").read_text())["variants"]["pytorch"]["parity"]
+    again = json.loads((out / "benchmark.json").read_text())["variants"]["pytorch"]["parity"]
+    assert again["accuracy"] == first["accuracy"]  # the same best model, the same test split
+    assert f"bundle: {out}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda b: (b / "model.onnx").write_bytes(b"garbage"), "model.onnx does not match its hash"),
+    (lambda b: (b / "tokenizer.json").unlink(), "tokenizer.json is missing"),
+    (lambda b: (b / "speedtrain.json").unlink(), "is not a speedtrain bundle"),
+])
+def test_corrupted_bundle_is_a_clear_error(tiny_bundle, tmp_path, capsys, damage, message):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    damage(bundle)
+    with pytest.raises(UserError, match=message):
+        Predictor.load(bundle)
+    assert main(["predict", str(bundle), "live horses"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("speedtrain: error:") and message.split()[-1] in err[0]
+
+
+def test_unknown_variant(tiny_bundle):
+    with pytest.raises(UserError, match="variant 'tflite' is not in the bundle"):
+        Predictor.load(tiny_bundle, variant="tflite")
+
+
+def test_fast_is_never_outside_the_budget():
+    def row(acc, p50, size=1.0):
+        return {"parity": {"accuracy": acc}, "latency": {"p50_ms": p50}, "size_mb": size}
+
+    rows = {"pytorch": row(90.0, 3.0, 4), "onnx": row(90.0, 0.5, 4), "onnx_int8": row(89.0, 0.1, 1)}
+    assert choose_fast(rows, "pytorch", budget=0.5) == "onnx"  # int8 is faster but 1 point worse
+    assert choose_fast(rows, "pytorch", budget=1.0) == "onnx_int8"
+    rows["onnx_int8"] = row(90.0, 0.51, 1)  # within 5% of the fastest: the smaller file wins
+    assert choose_fast(rows, "pytorch", budget=0.5) == "onnx_int8"
+    assert choose_fast({"pytorch": row(90.0, 3.0)}, "pytorch", budget=0.0) == "pytorch"
