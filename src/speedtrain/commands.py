@@ -20,6 +20,7 @@ def export(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="config values, e.g. export.variants=[onnx,onnx_int8]")
     args = parser.parse_intermixed_args(argv)
     _logging()
+    from speedtrain.callbacks.export_bench import train_batches
     from speedtrain.config import config_dir
     from speedtrain.export.build import build_bundle
     from speedtrain.pipeline import build_datamodule, build_exporter
@@ -42,8 +43,9 @@ def export(argv: list[str]) -> int:
     exporter = build_exporter(cfg, datamodule, distill, metrics)
     split = datamodule.splits["test"] if "test" in datamodule.splits else datamodule.splits["validation"]
     out = Path(args.out) if args.out else exporter.out_dir
+    batches = train_batches(datamodule) if exporter.options.prune.enabled else None
     report = build_bundle(model, tokenizer, out, list(split["text"]), list(split["label"]), datamodule.max_length,
-                          exporter.options, teacher=exporter.teacher, extra=exporter.extra)
+                          exporter.options, teacher=exporter.teacher, extra=exporter.extra, train_batches=batches)
     print((out / "benchmark.md").read_text())
     print(f"bundle: {out} (fast variant: {report['fast']})")
     return 0

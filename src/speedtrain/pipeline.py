@@ -223,7 +223,8 @@ def export_options(cfg: DictConfig) -> ExportOptions | None:
         return None
     return ExportOptions(variants=list(e.variants), int8_per_channel=e.int8_per_channel,
                          parity_budget=e.parity_budget, benchmark=e.benchmark,
-                         bench=BenchOptions(**OmegaConf.to_container(e.bench, resolve=True)))
+                         bench=BenchOptions(**OmegaConf.to_container(e.bench, resolve=True)),
+                         prune=OmegaConf.to_container(e.prune, resolve=True) if e.get("prune") else {})
 
 
 def build_exporter(cfg: DictConfig, datamodule: TextDataModule, distill: dict | None,

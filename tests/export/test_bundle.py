@@ -109,10 +109,15 @@ def test_cli_predict_and_bench(tiny_bundle, tmp_path, capsys):
 def test_cli_export_from_run_folder(tiny_run, tmp_path, capsys):
     out = tmp_path / "again"
     assert main(["export", str(tiny_run), "--out", str(out), "export.variants=[onnx_int8]", "export.teacher=false",
+                 "export.prune.enabled=true", "export.prune.keep_ratio=0.5", "export.prune.steps=10",
                  "export.bench.batch_sizes=[1]", "export.bench.min_reps=10", "export.bench.min_time_s=0.01",
                  "export.bench.throughput_time_s=0.01"]) == 0
     manifest = verify_bundle(out)
-    assert set(manifest["variants"]) == {"pytorch", "onnx_int8"} and not (out / "model.onnx").exists()
+    assert set(manifest["variants"]) == {"pytorch", "onnx_int8", "pruned_onnx", "pruned_onnx_int8"}
+    assert not (out / "model.onnx").exists()  # only the source of int8, not asked for
+    report = json.loads((out / "benchmark.json").read_text())
+    assert report["prune"]["intermediate_size"] == [64, 32] and report["prune"]["params"][1] < report["prune"]["params"][0]
+    assert report["variants"]["pruned_onnx"]["parity"]["agreement"] > 50  # recovered towards the unpruned model
     first = json.loads((tiny_run / "bundle" / "benchmark.json").read_text())["variants"]["pytorch"]["parity"]
     again = json.loads((out / "benchmark.json").read_text())["variants"]["pytorch"]["parity"]
     assert again["accuracy"] == first["accuracy"]  # the same best model, the same test split

@@ -53,10 +53,16 @@ class ExportAndBenchmark(pl.Callback):
             split = datamodule.splits["test"] if "test" in datamodule.splits else datamodule.splits["validation"]
             self.report = build_bundle(
                 model, datamodule.tokenizer, self.out_dir, list(split["text"]), list(split["label"]),
-                datamodule.max_length, self.options, teacher=self.teacher, extra=self.extra)
+                datamodule.max_length, self.options, teacher=self.teacher, extra=self.extra,
+                train_batches=train_batches(datamodule) if self.options.prune.enabled else None)
             self.seconds = time.perf_counter() - started
             log_report(trainer, self.report, self.out_dir)
         trainer.strategy.barrier()  # the other ranks wait for the bundle
+
+
+def train_batches(datamodule) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The training split as ``(input_ids, attention_mask, labels)`` batches (for the pruning's recovery)."""
+    return [(b["input_ids"], b["attention_mask"], b["labels"]) for b in datamodule.train_dataloader()]
 
 
 def best_student(model: torch.nn.Module, trainer: pl.Trainer) -> torch.nn.Module:

@@ -34,6 +34,16 @@ class ExportError(UserError):
 
 
 @dataclasses.dataclass
+class PruneOptions:
+    """``export.prune``: structured FFN pruning with a short recovery distillation (export/prune.py)."""
+
+    enabled: bool = False
+    keep_ratio: float = 0.25  # FFN neurons kept per layer
+    steps: int = 400  # recovery steps (distilling from the unpruned student on the training batches)
+    lr: float = 1e-3
+
+
+@dataclasses.dataclass
 class ExportOptions:
     """The ``export`` config node: variants, the parity budget and what the benchmark measures."""
 
@@ -42,6 +52,7 @@ class ExportOptions:
     parity_budget: float = 0.5  # accuracy points a variant may lose against the PyTorch model and still be "fast"
     benchmark: bool = True
     bench: BenchOptions = dataclasses.field(default_factory=BenchOptions)
+    prune: PruneOptions = dataclasses.field(default_factory=PruneOptions)
 
     def __post_init__(self):
         unknown = [v for v in self.variants if v not in EXPORTED]
@@ -51,11 +62,16 @@ class ExportOptions:
             raise UserError(f"export.parity_budget={self.parity_budget} must be >= 0 (accuracy points)")
         if isinstance(self.bench, dict):
             self.bench = BenchOptions(**self.bench)
+        if isinstance(self.prune, dict):
+            self.prune = PruneOptions(**self.prune)
+        if self.prune.enabled and not 0 < self.prune.keep_ratio <= 1:
+            raise UserError(f"export.prune.keep_ratio={self.prune.keep_ratio} must be in (0, 1], e.g. 0.25")
 
 
 def build_bundle(
     model, tokenizer, out: str | Path, test_texts: Sequence[str], test_labels: Sequence[int], max_length: int,
     options: ExportOptions | None = None, teacher: dict | None = None, extra: dict | None = None,
+    train_batches: list | None = None,
 ) -> dict:
     """Write the bundle of ``model`` to ``out`` and return its benchmark report.
 
@@ -65,14 +81,18 @@ def build_bundle(
         max_length: the training truncation length.
         teacher: ``{"folder", "max_length", "num_labels", "accuracy"?}`` to benchmark the teacher as the "before".
         extra: more manifest entries (the run folder, its metrics).
+        train_batches: ``(input_ids, attention_mask, labels)`` batches for the pruning's recovery (``options.prune``).
     """
     options = options or ExportOptions()
+    if options.prune.enabled and not train_batches:
+        raise UserError("export.prune needs training batches for its recovery; pass train_batches")
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        report = _build(model, tokenizer, tmp, test_texts, test_labels, max_length, options, teacher, extra)
+        report = _build(model, tokenizer, tmp, test_texts, test_labels, max_length, options, teacher, extra,
+                        train_batches)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # no half bundle; an older complete one at `out` stays
         raise
@@ -83,20 +103,28 @@ def build_bundle(
     return report
 
 
-def _build(model, tokenizer, tmp: Path, test_texts, test_labels, max_length, options, teacher, extra) -> dict:
+def _build(model, tokenizer, tmp: Path, test_texts, test_labels, max_length, options, teacher, extra,
+           train_batches) -> dict:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     timings = export_variants(model.eval().cpu(), tmp, max_length, options)
+    variants = ["pytorch", *options.variants]
+    pruning = None
+    if options.prune.enabled:
+        pruning, seconds = export_pruned(model, tmp, max_length, options, train_batches)
+        timings["pruned"] = seconds
+        variants += ["pruned_onnx", "pruned_onnx_int8"]
 
     (tmp / TEXTS_FILE).write_text("".join(" ".join(t.split()) + "\n" for t in test_texts))
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    rows = check_parity(tmp, ["pytorch", *options.variants], test_texts, test_labels, max_length)
+    rows = check_parity(tmp, variants, test_texts, test_labels, max_length)
     report = benchmark_bundle(tmp, rows, test_texts, max_length, labels, options, teacher)
     report["export_s"] = timings
+    if pruning:
+        report["prune"] = pruning
     fast = report["fast"]
     extra = {**(extra or {}), "teacher": teacher} if teacher else extra
-    write_manifest(tmp, labels=labels, max_length=max_length, variants=["pytorch", *options.variants], fast=fast,
-                   extra=extra)
+    write_manifest(tmp, labels=labels, max_length=max_length, variants=variants, fast=fast, extra=extra)
     write_report(tmp, report)
     write_model_card(tmp, report, labels)
     return report
@@ -178,6 +206,23 @@ def export_variants(model, folder: Path, max_length: int, options: ExportOptions
     if "onnx" not in wanted and onnx_path.exists():
         onnx_path.unlink()  # only the source of int8/fp16
     return timings
+
+
+def export_pruned(model, folder: Path, max_length: int, options: ExportOptions, train_batches) -> tuple[dict, float]:
+    """Prune the FFNs, recover by distillation from ``model``, export fp32 and int8 ONNX; return info and seconds."""
+    from speedtrain.export.onnx import export_onnx
+    from speedtrain.export.prune import prune_and_recover
+    from speedtrain.export.quantize import quantize_int8
+
+    started = time.perf_counter()
+    p = options.prune
+    pruned, info = prune_and_recover(model, train_batches, p.keep_ratio, p.steps, p.lr)
+    export_onnx(pruned, folder / VARIANT_FILES["pruned_onnx"], max_length)
+    quantize_int8(folder / VARIANT_FILES["pruned_onnx"], folder / VARIANT_FILES["pruned_onnx_int8"],
+                  options.int8_per_channel)
+    info = {"intermediate_size": list(info["intermediate_size"]), "params": list(info["params"]),
+            "recovery_steps": info["recovery_steps"], "recovery_s": info["recovery_s"]}
+    return info, time.perf_counter() - started
 
 
 def benchmark_teacher(teacher: dict, texts: Sequence[str], options: BenchOptions) -> dict:

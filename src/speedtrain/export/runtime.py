@@ -24,6 +24,8 @@ VARIANT_FILES = {
     "onnx_int8": "model.int8.onnx",
     "onnx_fp16": "model.fp16.onnx",
     "pt2": "model.pt2",
+    "pruned_onnx": "model.pruned.onnx",  # export.prune: FFN-pruned and recovered student, fp32 ...
+    "pruned_onnx_int8": "model.pruned.int8.onnx",  # ... and int8
 }
 
 
