@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import train
-from tests.conftest import REPO, TINY, write_csv
+from tests.conftest import EXPORT_TINY, REPO, TINY, write_csv
 
 
 def _cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -61,10 +61,14 @@ def test_wandb_offline_stays_in_run_folder(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     env = {"HOME": str(home), "WANDB_MODE": "", "WANDB_API_KEY": "", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    done = _cli("+experiment=baseline", *TINY, "logger=wandb", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
+    export = [*EXPORT_TINY, "export.variants=[onnx]", "export.teacher=false"]  # the bundle becomes an artifact
+    done = _cli("+experiment=baseline", *TINY, *export, "logger=wandb", f"hydra.run.dir={tmp_path / 'run'}",
+                cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     (run_file,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
-    assert run_file.stat().st_size > 0
+    records = run_file.read_bytes()
+    assert b"bench/table" in records and b"bench/fast/p50_ms" in records  # the benchmark table and metrics
+    assert b"bundle-" in records and b"speedtrain.json" in records  # the bundle artifact and its files
     assert list(home.rglob("*")) == []  # nothing under $HOME
 
 
@@ -96,6 +100,10 @@ BAD_INPUTS = {
     "kd_temperature": (lambda t, r: ["+experiment=distill", "distill.loss.temperature=0"],
                        r"distill.temperature=0(\.0)? must be positive"),
     "teacher_path": (lambda t, r: ["+experiment=distill", f"teacher.path={t}"], "no Hugging Face model folder there"),
+    "export_variant": (lambda t, r: ["export.enabled=true", "export.variants=[onnx,tflite]"],
+                       r"export.variants: unknown \['tflite'\]"),
+    "parity_budget": (lambda t, r: ["export.enabled=true", "export.parity_budget=-1"],
+                      r"export.parity_budget=-1(\.0)? must be >= 0"),
 }
 
 

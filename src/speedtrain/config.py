@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -32,3 +33,11 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
     """
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def default_cache_dir() -> Path:
+    """The user's speedtrain cache, as ``paths.cache_dir`` resolves it: ``$SPEEDTRAIN_CACHE``, else
+    ``$XDG_CACHE_HOME/speedtrain``, else ``~/.cache/speedtrain``."""
+    if os.environ.get("SPEEDTRAIN_CACHE"):
+        return Path(os.environ["SPEEDTRAIN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path(os.environ.get("HOME", ".")) / ".cache") / "speedtrain"

@@ -1,0 +1,82 @@
+"""Benchmark a bundle several times in one process and report medians and speed-up ratios.
+
+    python scripts/bench_bundle.py outputs/<run>/bundle --repeats 3 --out docs/export_benchmark.md
+
+Each repeat is one full ``speedtrain bench`` measurement (every variant, the teacher if its folder is here, the
+fast variant end to end with tokenization). The table gives, per variant, the median over repeats of the batch-1
+p50/p99 and of the throughput per batch size, and the ratios against the teacher (PyTorch eager, the "before")
+and the student in PyTorch eager. Shared machines are noisy: the spread (min-max over repeats) is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from speedtrain.config import compose_config
+from speedtrain.export.build import TEXTS_FILE, benchmark_bundle
+from speedtrain.export.bundle import verify_bundle
+from speedtrain.pipeline import export_options
+
+
+def measure(bundle: Path, repeats: int, overrides: list[str]) -> list[dict]:
+    manifest = verify_bundle(bundle)
+    options = export_options(compose_config(["paths.output_dir=.", *overrides]))
+    previous = json.loads((bundle / "benchmark.json").read_text())
+    texts = (bundle / TEXTS_FILE).read_text().splitlines()
+    reports = []
+    for i in range(repeats):
+        rows = {n: {k: previous["variants"][n][k] for k in ("parity", "size_mb")} for n in manifest["variants"]}
+        reports.append(benchmark_bundle(bundle, rows, texts, manifest["max_length"], manifest["labels"], options,
+                                        manifest.get("teacher")))
+        print(f"repeat {i + 1}/{repeats}: fast={reports[-1]['fast']}", flush=True)
+    return reports
+
+
+def table(reports: list[dict]) -> str:
+    first = reports[0]
+    rows = {"teacher": [r["teacher"] for r in reports]} if "teacher" in first else {}
+    rows.update({name: [r["variants"][name] for r in reports] for name in first["variants"]})
+    rows["end to end (fast + tokenizer)"] = [r["end_to_end"] for r in reports]
+    sizes = list(first["variants"]["pytorch"]["throughput"])
+    med = {name: {"p50": statistics.median(x["latency"]["p50_ms"] for x in xs),
+                  "p99": statistics.median(x["latency"]["p99_ms"] for x in xs),
+                  "spread": (min(x["latency"]["p50_ms"] for x in xs), max(x["latency"]["p50_ms"] for x in xs)),
+                  "tput": {s: statistics.median(x["throughput"][s] for x in xs) for s in sizes}}
+           for name, xs in rows.items()}
+    m = first["machine"]
+    lines = [f"{m['cpu']}, {m['cores']} cores; {len(reports)} repeats, medians; "
+             f"{first['data']['texts']} test texts; fast variant per repeat: {[r['fast'] for r in reports]}", "",
+             "| variant | test acc | agree % | p50 ms (min–max) | p99 ms | x teacher (p50) | x eager student (p50) | "
+             + " | ".join(f"texts/s b{s}" for s in sizes) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(sizes)]
+    for name, v in med.items():
+        parity = first["variants"].get(name, {}).get("parity", {})
+        acc = parity.get("accuracy", first.get("teacher", {}).get("accuracy") if name == "teacher" else None)
+        teacher = f"{med['teacher']['p50'] / v['p50']:.1f}" if "teacher" in med else "–"
+        cells = [name, f"{acc:.2f}" if acc is not None else "–",
+                 f"{parity['agreement']:.2f}" if parity else "–",
+                 f"{v['p50']:.3f} ({v['spread'][0]:.3f}–{v['spread'][1]:.3f})", f"{v['p99']:.3f}", teacher,
+                 f"{med['pytorch']['p50'] / v['p50']:.1f}", *[f"{v['tput'][s]:,.0f}" for s in sizes]]
+        lines.append("| " + " | ".join(cells) + " |")
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    return "\n".join(lines) + f"\n\n{versions}.\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="write the markdown table here (and print it)")
+    parser.add_argument("overrides", nargs="*", help="benchmark settings, e.g. export.bench.min_time_s=2")
+    args = parser.parse_intermixed_args()
+    text = table(measure(args.bundle, args.repeats, args.overrides))
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
