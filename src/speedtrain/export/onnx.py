@@ -64,6 +64,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, max_length: int, fuse:
     import onnx_ir as ir
 
     path = Path(path)
+    for name in ("onnxscript", "onnx_ir"):  # one INFO line per rewrite pass: noise in a run's log
+        logging.getLogger(name).setLevel(logging.WARNING)
     wrapped = LogitsOnly(model).eval().cpu().float()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

@@ -29,7 +29,7 @@ def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = False) -
 
     root = logging.getLogger()
     level = root.level
-    root.setLevel(max(level, logging.WARNING))  # the quantizer logs one INFO line per tensor to the root logger
+    root.setLevel(max(level, logging.ERROR))  # the quantizer logs a line per tensor, and advice, to the root logger
     try:
         quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul"])
