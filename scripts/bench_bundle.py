@@ -65,6 +65,50 @@ def table(reports: list[dict]) -> str:
     return "\n".join(lines) + f"\n\n{versions}.\n"
 
 
+def gemm_gflops(threads: int, repeats: int = 30) -> float:
+    """Measured fp32 GEMM rate of this CPU with ``threads`` threads (torch matmul, 8192x128 @ 128x512): the
+    ceiling any runtime reaches on the encoder's matmuls."""
+    import time
+
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(8192, 128), torch.randn(128, 512)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    torch.set_num_threads(previous)
+    return 2 * 8192 * 128 * 512 / statistics.median(times) / 1e9
+
+
+def roofline(bundle: Path) -> str:
+    """FLOPs per text of the student and the texts/s this CPU's GEMM rate allows at best (no overhead at all)."""
+    import os
+
+    from speedtrain.export.runtime import TextEncoder
+
+    config = json.loads((bundle / "config.json").read_text())
+    h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    max_length = json.loads((bundle / "speedtrain.json").read_text())["max_length"]
+    texts = (bundle / TEXTS_FILE).read_text().splitlines()
+    _, mask = TextEncoder(bundle, max_length)(texts)
+    tokens = float(mask.sum(1).mean())
+    per_token = 2 * layers * (4 * h * h + 2 * h * i)  # Q, K, V, output projections and the FFN; attention is small
+    one, cores = gemm_gflops(1), gemm_gflops(os.cpu_count() or 1)
+    padded = per_token * max_length
+    return (f"Roofline: {per_token / 1e6:.2f} MFLOP per token x {tokens:.1f} tokens per text (mean) = "
+            f"{per_token * tokens / 1e6:.1f} MFLOP per text ({padded / 1e6:.1f} padded to {max_length}). "
+            f"fp32 GEMM on this CPU: {one:.0f} GFLOP/s with 1 thread, {cores:.0f} with {os.cpu_count()}. "
+            f"Best case without any overhead: batch-1 p50 >= {per_token * tokens / one / 1e6:.3f} ms (1 thread); "
+            f"<= {cores * 1e9 / (per_token * tokens):,.0f} texts/s without padding, "
+            f"<= {cores * 1e9 / padded:,.0f} padded to {max_length} (all cores).\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("bundle", type=Path)
@@ -72,7 +116,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the markdown table here (and print it)")
     parser.add_argument("overrides", nargs="*", help="benchmark settings, e.g. export.bench.min_time_s=2")
     args = parser.parse_intermixed_args()
-    text = table(measure(args.bundle, args.repeats, args.overrides))
+    text = table(measure(args.bundle, args.repeats, args.overrides)) + "\n" + roofline(args.bundle)
     print(text)
     if args.out:
         args.out.write_text(text)

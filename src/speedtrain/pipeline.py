@@ -222,7 +222,8 @@ def export_options(cfg: DictConfig) -> ExportOptions | None:
     if not e or not e.get("enabled", True):
         return None
     return ExportOptions(variants=list(e.variants), int8_per_channel=e.int8_per_channel,
-                         parity_budget=e.parity_budget, benchmark=e.benchmark,
+                         parity_budget=e.parity_budget, min_agreement=e.get("min_agreement", 99.0),
+                         benchmark=e.benchmark,
                          bench=BenchOptions(**OmegaConf.to_container(e.bench, resolve=True)),
                          prune=OmegaConf.to_container(e.prune, resolve=True) if e.get("prune") else {})
 

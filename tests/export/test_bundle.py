@@ -52,6 +52,7 @@ def test_benchmark_report(tiny_bundle):
     assert rows["pytorch"]["parity"]["accuracy"] > 15  # a model that tells the 21 sections apart, a little
     fast = report["fast"]
     assert rows[fast]["parity"]["accuracy"] >= rows["pytorch"]["parity"]["accuracy"] - report["parity_budget"]
+    assert rows[fast]["parity"]["agreement"] >= report["min_agreement"] == 99
     assert report["teacher"]["latency"]["p50_ms"] > 0 and report["end_to_end"]["variant"] == fast
     assert report["data"]["texts"] == len((tiny_bundle / "benchmark_texts.txt").read_text().splitlines())
     text = (tiny_bundle / "benchmark.md").read_text()
@@ -155,3 +156,7 @@ def test_fast_is_never_outside_the_budget():
     rows["onnx_int8"] = row(90.0, 0.51, 1)  # within 5% of the fastest: the smaller file wins
     assert choose_fast(rows, "pytorch", budget=0.5) == "onnx_int8"
     assert choose_fast({"pytorch": row(90.0, 3.0)}, "pytorch", budget=0.0) == "pytorch"
+    rows["onnx"]["parity"]["agreement"] = 95.0  # as accurate, but another model (pruned): not without consent
+    rows["onnx_int8"]["parity"]["agreement"] = 95.0
+    assert choose_fast(rows, "pytorch", budget=0.5, min_agreement=99) == "pytorch"
+    assert choose_fast(rows, "pytorch", budget=0.5, min_agreement=0) == "onnx_int8"

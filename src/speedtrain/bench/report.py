@@ -5,7 +5,8 @@
     schema: 1, created: ISO time, machine: {cpu, cores, gpu, os, python, versions{...}}
     data: {split, texts, max_length}         the texts every variant was checked and timed on
     reference: "pytorch"                     the trained model every variant is compared with
-    parity_budget: accuracy points           fast = fastest variant within it
+    parity_budget: accuracy points           fast = fastest variant within it ...
+    min_agreement: percent                   ... and agreeing with the reference on at least this share
     fast: variant name
     variants: {name: {parity: {accuracy, agreement, max_abs_logit_diff},   # accuracy/agreement in points
                       size_mb, memory_mb,                                   # file size; resident memory added
@@ -84,7 +85,8 @@ def markdown_table(report: dict) -> str:
     lines = [f"# Benchmark — {m['cpu']}, {m['cores']} cores" + (f", {m['gpu']}" if m.get("gpu") else ""), "",
              f"Batch-1 latency with the latency threads (1 by default); throughput with all cores, model time only. "
              f"{report['data']['texts']} test texts, max length {report['data']['max_length']}. Fast variant: "
-             f"**{report['fast']}** (fastest within {report['parity_budget']} accuracy points of pytorch).", "",
+             f"**{report['fast']}** (fastest within {report['parity_budget']} accuracy points of pytorch and "
+             f"{report.get('min_agreement', 0):g}% agreement with it).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in _rows(report) + ([("end to end: fast + tokenizer", report["end_to_end"])]
                                        if "end_to_end" in report else []):

@@ -50,6 +50,7 @@ class ExportOptions:
     variants: Sequence[str] = ("onnx", "onnx_int8", "onnx_fp16", "pt2")
     int8_per_channel: bool = False
     parity_budget: float = 0.5  # accuracy points a variant may lose against the PyTorch model and still be "fast"
+    min_agreement: float = 99.0  # ... and the % of texts on which it must predict the PyTorch model's label
     benchmark: bool = True
     bench: BenchOptions = dataclasses.field(default_factory=BenchOptions)
     prune: PruneOptions = dataclasses.field(default_factory=PruneOptions)
@@ -58,6 +59,8 @@ class ExportOptions:
         unknown = [v for v in self.variants if v not in EXPORTED]
         if unknown:
             raise UserError(f"export.variants: unknown {unknown}; pick from {list(EXPORTED)}")
+        if not 0 <= self.min_agreement <= 100:
+            raise UserError(f"export.min_agreement={self.min_agreement} must be a percentage in [0, 100]")
         if self.parity_budget < 0:
             raise UserError(f"export.parity_budget={self.parity_budget} must be >= 0 (accuracy points)")
         if isinstance(self.bench, dict):
@@ -154,7 +157,8 @@ def benchmark_bundle(folder: Path, rows: dict, texts: Sequence[str], max_length:
         if options.benchmark:
             log.info("Benchmarking %s", variant)
             row.update(benchmark_runner(lambda t, v=variant: load_runner(folder, v, t), encoder, texts, options.bench))
-    fast = choose_fast(rows, "pytorch", options.parity_budget) if options.benchmark else "pytorch"
+    fast = choose_fast(rows, "pytorch", options.parity_budget, options.min_agreement) if options.benchmark \
+        else "pytorch"
     report = {
         "schema": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -162,6 +166,7 @@ def benchmark_bundle(folder: Path, rows: dict, texts: Sequence[str], max_length:
         "data": {"split": "test", "texts": len(texts), "max_length": max_length},
         "reference": "pytorch",
         "parity_budget": options.parity_budget,
+        "min_agreement": options.min_agreement,
         "fast": fast,
         "variants": rows,
         "export_s": {},

@@ -1,7 +1,7 @@
 """Does a variant predict what the trained model predicts? Accuracy, top-1 agreement, max |logit difference|.
 
-The bundle's "fast" variant is the fastest whose accuracy is within the budget of the PyTorch model's — never
-one outside it (the PyTorch model itself always qualifies).
+The bundle's "fast" variant is the fastest whose accuracy is within the budget of the PyTorch model's and whose
+top-1 agreement with it reaches ``min_agreement`` — never one outside them (the PyTorch model always qualifies).
 """
 
 from __future__ import annotations
@@ -34,18 +34,20 @@ def parity(logits: np.ndarray, reference: np.ndarray, labels: Sequence[int]) -> 
     }
 
 
-def choose_fast(rows: dict[str, dict], reference: str, budget: float, tie: float = 0.05) -> str:
+def choose_fast(rows: dict[str, dict], reference: str, budget: float, min_agreement: float = 0.0,
+                tie: float = 0.05) -> str:
     """The variant with the lowest batch-1 p50 latency among those within ``budget`` accuracy points of
-    ``reference``; latencies within ``tie`` (5%) of the lowest count as equal (timings on a shared machine move
-    that much), and the smallest file wins among them.
+    ``reference`` and agreeing with it on at least ``min_agreement`` % of the texts; latencies within ``tie`` (5%)
+    of the lowest count as equal (timings on a shared machine move that much), and the smallest file wins.
 
     Args:
         rows: variant -> ``{"parity": {"accuracy": ...}, "latency": {"p50_ms": ...}, "size_mb": ...}``; variants
             without a latency (not benchmarked) are not candidates.
     """
     floor = rows[reference]["parity"]["accuracy"] - budget
-    candidates = [name for name, row in rows.items()
-                  if row.get("latency") and row["parity"]["accuracy"] >= floor - 1e-9]
+    candidates = [name for name, row in rows.items() if name == reference or (
+                  row.get("latency") and row["parity"]["accuracy"] >= floor - 1e-9
+                  and row["parity"].get("agreement", 100.0) >= min_agreement)]
     best = min(rows[name]["latency"]["p50_ms"] for name in candidates)
     near = [name for name in candidates if rows[name]["latency"]["p50_ms"] <= best * (1 + tie)]
     return min(near, key=lambda name: (rows[name]["size_mb"], rows[name]["latency"]["p50_ms"]))

@@ -69,13 +69,18 @@ class Predictor:
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities ``(N, C)`` for the ``N`` texts."""
         texts = _check_texts(texts)
+        if not self.cache_size:
+            self.misses += len(texts)
+            return self._probabilities(texts)
         keys = [self.encoder.normalize(t) for t in texts]
         found = self._lookup(keys)
-        todo = list(dict.fromkeys(k for k, p in zip(keys, found) if p is None))  # unique misses, in order
-        if todo:
-            computed = self._run(todo)
-            self._store(todo, computed)
-            new = dict(zip(todo, computed))
+        first: dict[str, str] = {}  # normalised text -> its first original among the misses (what the model sees)
+        for key, text, probs in zip(keys, texts, found):
+            if probs is None:
+                first.setdefault(key, text)
+        if first:
+            new = dict(zip(first, self._probabilities(list(first.values()))))
+            self._store(new)
             found = [p if p is not None else new[k] for k, p in zip(keys, found)]
         return np.stack(found)
 
@@ -87,21 +92,21 @@ class Predictor:
         """Hits, misses, current size and capacity of the result cache."""
         return {"hits": self.hits, "misses": self.misses, "size": len(self._cache), "capacity": self.cache_size}
 
-    def _run(self, texts: list[str]) -> list[np.ndarray]:
-        """Probabilities for unique texts: sorted by length into batches, so padding stays short."""
+    def _probabilities(self, texts: list[str]) -> np.ndarray:
+        """``(N, C)`` probabilities; more than ``batch_size`` texts are sorted by length into batches (short padding)."""
+        if len(texts) <= self.batch_size:
+            return softmax(self.runner(*self.encoder(texts)))
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out: list[np.ndarray | None] = [None] * len(texts)
+        out = None
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            logits = self.runner(*self.encoder([texts[i] for i in chunk]))
-            for i, row in zip(chunk, softmax(logits)):
-                out[i] = row
+            probs = softmax(self.runner(*self.encoder([texts[i] for i in chunk])))
+            if out is None:
+                out = np.empty((len(texts), probs.shape[1]), dtype=np.float32)
+            out[chunk] = probs
         return out
 
     def _lookup(self, keys: list[str]) -> list[np.ndarray | None]:
-        if not self.cache_size:
-            self.misses += len(keys)
-            return [None] * len(keys)
         with self._lock:
             found = [self._cache.get(k) for k in keys]
             for k, p in zip(keys, found):
@@ -112,11 +117,9 @@ class Predictor:
             self.misses += len(keys) - hits
         return found
 
-    def _store(self, keys: list[str], probs: list[np.ndarray]) -> None:
-        if not self.cache_size:
-            return
+    def _store(self, new: dict[str, np.ndarray]) -> None:
         with self._lock:
-            for k, p in zip(keys, probs):
+            for k, p in new.items():
                 self._cache[k] = p
                 self._cache.move_to_end(k)
             while len(self._cache) > self.cache_size:
