@@ -140,10 +140,11 @@ def fit_and_evaluate(
     )
     if teacher_metrics:
         metrics.update(teacher_metrics, **student_vs_teacher(metrics, teacher_metrics))
-    if exporter is not None and exporter.report is not None:
-        metrics["bundle"] = bundle_summary(exporter)
+    if exporter is not None and exporter.seconds is not None:
         metrics["timings"]["export_s"] = exporter.seconds  # it ran inside fit (on_fit_end)
         metrics["timings"]["fit_s"] -= exporter.seconds
+        if exporter.report is not None:
+            metrics["bundle"] = bundle_summary(exporter)
     if trainer.is_global_zero:  # under DDP every rank has the metrics; one writes them
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +156,8 @@ def fit_and_evaluate(
                                                          store_teacher_as, metrics))
         print_summary(metrics, output_dir, title=f"speedtrain {stage or 'run'}")
     trainer.strategy.barrier()  # other ranks read model/ and the teacher cache only once rank 0 wrote them
+    if exporter is not None and exporter.error is not None:
+        raise exporter.error  # after checkpoints, metrics.json and model/ are written: nothing is lost
     return metrics
 
 

@@ -147,16 +147,36 @@ def test_unknown_variant(tiny_bundle):
 
 
 def test_fast_is_never_outside_the_budget():
-    def row(acc, p50, size=1.0):
-        return {"parity": {"accuracy": acc}, "latency": {"p50_ms": p50}, "size_mb": size}
+    def row(acc, p50, texts_per_s=1000.0):
+        return {"parity": {"accuracy": acc}, "latency": {"p50_ms": p50}, "throughput": {"8": 1.0, "256": texts_per_s}}
 
-    rows = {"pytorch": row(90.0, 3.0, 4), "onnx": row(90.0, 0.5, 4), "onnx_int8": row(89.0, 0.1, 1)}
+    rows = {"pytorch": row(90.0, 3.0), "onnx": row(90.0, 0.5, 3000), "onnx_int8": row(89.0, 0.1)}
     assert choose_fast(rows, "pytorch", budget=0.5) == "onnx"  # int8 is faster but 1 point worse
     assert choose_fast(rows, "pytorch", budget=1.0) == "onnx_int8"
-    rows["onnx_int8"] = row(90.0, 0.51, 1)  # within 5% of the fastest: the smaller file wins
+    rows["onnx_int8"] = row(90.0, 0.51, 3500)  # within 5% of the fastest: the higher throughput wins
     assert choose_fast(rows, "pytorch", budget=0.5) == "onnx_int8"
     assert choose_fast({"pytorch": row(90.0, 3.0)}, "pytorch", budget=0.0) == "pytorch"
     rows["onnx"]["parity"]["agreement"] = 95.0  # as accurate, but another model (pruned): not without consent
     rows["onnx_int8"]["parity"]["agreement"] = 95.0
     assert choose_fast(rows, "pytorch", budget=0.5, min_agreement=99) == "pytorch"
     assert choose_fast(rows, "pytorch", budget=0.5, min_agreement=0) == "onnx_int8"
+
+
+def test_a_failed_export_loses_nothing_and_is_one_clear_error(make_cfg, monkeypatch):
+    import speedtrain.export.onnx
+    from speedtrain.pipeline import run
+    from tests.conftest import EXPORT_TINY
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(speedtrain.export.onnx, "export_onnx", broken)
+    cfg = make_cfg("+experiment=baseline", *EXPORT_TINY, "export.variants=[onnx,onnx_int8]", "export.teacher=false")
+    with pytest.raises(UserError, match=r"exporting the onnx variant failed \(RuntimeError: unsupported operator\)"
+                                        r".*export.variants=\[onnx_int8\]"):
+        run(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "model" / "model.safetensors").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "test/acc" in metrics and "bundle" not in metrics
+    assert not (out / "bundle").exists() and not (out / "bundle.partial").exists()

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from speedtrain.export.build import ExportOptions, build_bundle
+from speedtrain.export.build import ExportError, ExportOptions, build_bundle
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class ExportAndBenchmark(pl.Callback):
         self.out_dir, self.options, self.teacher, self.extra = Path(out_dir), options, teacher, extra or {}
         self.report: dict | None = None
         self.seconds: float | None = None
+        self.error: ExportError | None = None  # raised by the pipeline once the run's outputs are written
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
@@ -51,12 +52,16 @@ class ExportAndBenchmark(pl.Callback):
             model = best_student(pl_module.model, trainer)
             datamodule = trainer.datamodule
             split = datamodule.splits["test"] if "test" in datamodule.splits else datamodule.splits["validation"]
-            self.report = build_bundle(
-                model, datamodule.tokenizer, self.out_dir, list(split["text"]), list(split["label"]),
-                datamodule.max_length, self.options, teacher=self.teacher, extra=self.extra,
-                train_batches=train_batches(datamodule) if self.options.prune.enabled else None)
+            try:
+                self.report = build_bundle(
+                    model, datamodule.tokenizer, self.out_dir, list(split["text"]), list(split["label"]),
+                    datamodule.max_length, self.options, teacher=self.teacher, extra=self.extra,
+                    train_batches=train_batches(datamodule) if self.options.prune.enabled else None)
+            except ExportError as err:  # the run still evaluates and writes metrics.json and model/
+                self.error = err
+            else:
+                log_report(trainer, self.report, self.out_dir)
             self.seconds = time.perf_counter() - started
-            log_report(trainer, self.report, self.out_dir)
         trainer.strategy.barrier()  # the other ranks wait for the bundle
 
 

@@ -204,9 +204,9 @@ def export_variants(model, folder: Path, max_length: int, options: ExportOptions
             log.error("Export of %s failed", variant, exc_info=True)
             others = [v for v in wanted if v != variant]
             raise ExportError(
-                f"exporting the {variant} variant failed ({type(err).__name__}: {err}); the run's checkpoints and "
-                f"model/ are kept. Leave the variant out (export.variants={others}) or skip the export "
-                "(export.enabled=false)") from err
+                f"exporting the {variant} variant failed ({type(err).__name__}: {err}); no bundle was written, the "
+                f"run's checkpoints, metrics.json and model/ are kept. Leave the variant out and export again: "
+                f"speedtrain export <run> export.variants=[{','.join(others)}]") from err
         timings[variant] = time.perf_counter() - started
     if "onnx" not in wanted and onnx_path.exists():
         onnx_path.unlink()  # only the source of int8/fp16

@@ -38,11 +38,12 @@ def choose_fast(rows: dict[str, dict], reference: str, budget: float, min_agreem
                 tie: float = 0.05) -> str:
     """The variant with the lowest batch-1 p50 latency among those within ``budget`` accuracy points of
     ``reference`` and agreeing with it on at least ``min_agreement`` % of the texts; latencies within ``tie`` (5%)
-    of the lowest count as equal (timings on a shared machine move that much), and the smallest file wins.
+    of the lowest count as equal (timings on a shared machine move that much), and among them the highest
+    throughput at the largest batch size wins.
 
     Args:
-        rows: variant -> ``{"parity": {"accuracy": ...}, "latency": {"p50_ms": ...}, "size_mb": ...}``; variants
-            without a latency (not benchmarked) are not candidates.
+        rows: variant -> ``{"parity": {"accuracy", "agreement"}, "latency": {"p50_ms"}, "throughput":
+            {"<batch size>": texts/s}}``; variants without a latency (not benchmarked) are not candidates.
     """
     floor = rows[reference]["parity"]["accuracy"] - budget
     candidates = [name for name, row in rows.items() if name == reference or (
@@ -50,4 +51,9 @@ def choose_fast(rows: dict[str, dict], reference: str, budget: float, min_agreem
                   and row["parity"].get("agreement", 100.0) >= min_agreement)]
     best = min(rows[name]["latency"]["p50_ms"] for name in candidates)
     near = [name for name in candidates if rows[name]["latency"]["p50_ms"] <= best * (1 + tie)]
-    return min(near, key=lambda name: (rows[name]["size_mb"], rows[name]["latency"]["p50_ms"]))
+    return max(near, key=lambda name: (_largest_batch(rows[name]), -rows[name]["latency"]["p50_ms"]))
+
+
+def _largest_batch(row: dict) -> float:
+    throughput = row.get("throughput") or {}
+    return throughput[max(throughput, key=int)] if throughput else 0.0
