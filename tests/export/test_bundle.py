@@ -180,3 +180,19 @@ def test_a_failed_export_loses_nothing_and_is_one_clear_error(make_cfg, monkeypa
     metrics = json.loads((out / "metrics.json").read_text())
     assert "test/acc" in metrics and "bundle" not in metrics
     assert not (out / "bundle").exists() and not (out / "bundle.partial").exists()
+
+
+def test_cli_export_from_a_checkpoint(tiny_run, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "from-ckpt"
+    assert main(["export", str(ckpt), "--out", str(out), "export.variants=[]", "export.benchmark=false"]) == 0
+    assert set(verify_bundle(out)["variants"]) == {"pytorch"}
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    exported = load_file(out / "model.safetensors")
+    name = "bert.encoder.layer.0.output.dense.weight"
+    assert torch.equal(exported[name], state[f"model.{name}"])  # the checkpoint's weights, not model/'s
+    report = json.loads((out / "benchmark.json").read_text())
+    assert report["fast"] == "pytorch" and "latency" not in report["variants"]["pytorch"]
