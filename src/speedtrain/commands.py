@@ -25,7 +25,7 @@ def export(argv: list[str]) -> int:
     from speedtrain.export.build import build_bundle
     from speedtrain.pipeline import build_datamodule, build_exporter
 
-    source = Path(args.source)
+    source = Path(args.source).resolve()
     run_dir = source.parent.parent if source.suffix == ".ckpt" else source
     config = run_dir / ".hydra" / "config.yaml"
     if not config.is_file():
@@ -67,12 +67,16 @@ def bench(argv: list[str]) -> int:
 
     bundle = Path(args.bundle)
     manifest = verify_bundle(bundle)
-    options = export_options(compose_config(["paths.output_dir=.", *args.overrides]))
+    cfg = compose_config(["paths.output_dir=.", *args.overrides])
+    options = export_options(cfg)
+    if not (bundle / "benchmark.json").is_file() or not (bundle / TEXTS_FILE).is_file():
+        raise UserError(f"{bundle} has no benchmark.json / {TEXTS_FILE} to re-benchmark from; re-export it with "
+                        "`speedtrain export <run>`")
     previous = json.loads((bundle / "benchmark.json").read_text())
     rows = {name: {k: previous["variants"][name][k] for k in ("parity", "size_mb")} for name in manifest["variants"]}
     texts = (bundle / TEXTS_FILE).read_text().splitlines()
-    report = benchmark_bundle(bundle, rows, texts, manifest["max_length"], manifest["labels"], options,
-                              manifest.get("teacher"))
+    teacher = manifest.get("teacher") if cfg.export.get("teacher", True) else None
+    report = benchmark_bundle(bundle, rows, texts, manifest["max_length"], manifest["labels"], options, teacher)
     report["export_s"] = previous.get("export_s", {})
     out = Path(args.out) if args.out else bundle
     out.mkdir(parents=True, exist_ok=True)

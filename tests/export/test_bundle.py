@@ -196,3 +196,11 @@ def test_cli_export_from_a_checkpoint(tiny_run, tmp_path):
     assert torch.equal(exported[name], state[f"model.{name}"])  # the checkpoint's weights, not model/'s
     report = json.loads((out / "benchmark.json").read_text())
     assert report["fast"] == "pytorch" and "latency" not in report["variants"]["pytorch"]
+
+
+def test_export_never_replaces_a_folder_that_is_not_a_bundle(tiny_run, tmp_path):
+    keep = tmp_path / "models"
+    keep.mkdir()
+    (keep / "mine.txt").write_text("precious")
+    assert main(["export", str(tiny_run), "--out", str(keep), "export.variants=[]", "export.benchmark=false"]) == 2
+    assert (keep / "mine.txt").read_text() == "precious"

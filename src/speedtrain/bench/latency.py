@@ -5,9 +5,11 @@
 Latency: batch 1, ``latency_threads`` threads (1), one text after another from ``texts``, after a warm-up; at least
 ``min_reps`` calls and ``min_time_s`` seconds, so p99 rests on hundreds of samples. Throughput: texts per second at
 each batch size with all cores (``threads``), median over repeated calls on consecutive batches of ``texts``
-(padded to the longest text of each batch, as a server would). Model time only, inputs tokenized beforehand;
-:func:`benchmark_end_to_end` adds tokenization. Memory: resident memory added by loading the variant and
-running its largest batch (psutil, sampled after each call).
+(padded to the longest text of each batch, as a server would; all of ``texts`` when they are fewer than the
+batch size). Model time only, inputs tokenized beforehand; :func:`benchmark_end_to_end` adds tokenization.
+Memory: growth of the process's resident memory from before loading the variant to the peak while running its
+batches (psutil, sampled after each call) — approximate: in one process, memory that earlier variants freed
+is reused, so a small variant can read near 0.
 """
 
 from __future__ import annotations

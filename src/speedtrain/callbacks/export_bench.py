@@ -24,6 +24,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from speedtrain.errors import UserError
 from speedtrain.export.build import ExportError, ExportOptions, build_bundle
 
 log = logging.getLogger(__name__)
@@ -44,25 +45,35 @@ class ExportAndBenchmark(pl.Callback):
         self.out_dir, self.options, self.teacher, self.extra = Path(out_dir), options, teacher, extra or {}
         self.report: dict | None = None
         self.seconds: float | None = None
-        self.error: ExportError | None = None  # raised by the pipeline once the run's outputs are written
+        self.error: UserError | None = None  # raised by the pipeline once the run's outputs are written
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            started = time.perf_counter()
+        try:
+            if trainer.is_global_zero:
+                self._export(trainer, pl_module)
+        finally:
+            trainer.strategy.barrier()  # the other ranks wait for the bundle, whatever happened to it
+
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        started = time.perf_counter()
+        try:
             model = best_student(pl_module.model, trainer)
             datamodule = trainer.datamodule
             split = datamodule.splits["test"] if "test" in datamodule.splits else datamodule.splits["validation"]
-            try:
-                self.report = build_bundle(
-                    model, datamodule.tokenizer, self.out_dir, list(split["text"]), list(split["label"]),
-                    datamodule.max_length, self.options, teacher=self.teacher, extra=self.extra,
-                    train_batches=train_batches(datamodule) if self.options.prune.enabled else None)
-            except ExportError as err:  # the run still evaluates and writes metrics.json and model/
-                self.error = err
-            else:
-                log_report(trainer, self.report, self.out_dir)
+            self.report = build_bundle(
+                model, datamodule.tokenizer, self.out_dir, list(split["text"]), list(split["label"]),
+                datamodule.max_length, self.options, teacher=self.teacher, extra=self.extra,
+                train_batches=train_batches(datamodule) if self.options.prune.enabled else None)
+            log_report(trainer, self.report, self.out_dir)
+        except UserError as err:  # a failed variant or a bad value: its message says what to do
+            self.error = err
+        except Exception as err:  # a bug: the traceback goes to the log, the run still finishes its outputs
+            log.error("Export failed", exc_info=True)
+            self.error = ExportError(
+                f"the export to {self.out_dir} failed ({type(err).__name__}: {err}; traceback in the log); the run's "
+                "checkpoints, metrics.json and model/ are kept; export again with `speedtrain export <run>`")
+        finally:
             self.seconds = time.perf_counter() - started
-        trainer.strategy.barrier()  # the other ranks wait for the bundle
 
 
 def train_batches(datamodule) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -104,7 +115,7 @@ def report_metrics(report: dict) -> dict[str, float]:
         if "latency" in row:
             metrics[f"bench/{name}/p50_ms"] = row["latency"]["p50_ms"]
             metrics[f"bench/{name}/p99_ms"] = row["latency"]["p99_ms"]
-            metrics[f"bench/{name}/texts_per_s"] = list(row["throughput"].values())[-1]
+            metrics[f"bench/{name}/texts_per_s"] = _largest(row["throughput"])
     if "teacher" in report:
         metrics["bench/teacher/p50_ms"] = report["teacher"]["latency"]["p50_ms"]
     return metrics
@@ -126,8 +137,13 @@ def log_report(trainer: pl.Trainer, report: dict, bundle: Path) -> None:
             for name, row in report["variants"].items():
                 lat = row.get("latency", {})
                 table.add_data(name, row["parity"]["accuracy"], row["parity"]["agreement"], lat.get("p50_ms"),
-                               lat.get("p99_ms"), list(row.get("throughput", {0: None}).values())[-1], row["size_mb"])
+                               lat.get("p99_ms"), _largest(row.get("throughput")), row["size_mb"])
             run.log({"bench/table": table})
             artifact = wandb.Artifact(f"bundle-{run.id}", type="model", metadata={"fast": report["fast"]})
             artifact.add_dir(str(bundle))
             run.log_artifact(artifact)
+
+
+def _largest(throughput: dict | None) -> float | None:
+    """Texts/s at the largest benchmarked batch size."""
+    return throughput[max(throughput, key=int)] if throughput else None

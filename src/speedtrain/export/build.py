@@ -19,7 +19,7 @@ from pathlib import Path
 from speedtrain.bench.latency import BenchOptions, benchmark_end_to_end, benchmark_runner, machine_info
 from speedtrain.bench.report import write_model_card, write_report
 from speedtrain.errors import UserError
-from speedtrain.export.bundle import write_manifest
+from speedtrain.export.bundle import MANIFEST, write_manifest
 from speedtrain.export.parity import choose_fast, parity, predict_logits
 from speedtrain.export.runtime import VARIANT_FILES, TextEncoder, TorchRunner, load_runner
 
@@ -65,6 +65,9 @@ class ExportOptions:
             raise UserError(f"export.parity_budget={self.parity_budget} must be >= 0 (accuracy points)")
         if isinstance(self.bench, dict):
             self.bench = BenchOptions(**self.bench)
+        if not self.bench.batch_sizes or min(self.bench.batch_sizes) < 1:
+            raise UserError(f"export.bench.batch_sizes={list(self.bench.batch_sizes)} must be positive sizes, "
+                            "e.g. [1,8,32,128,256]")
         if isinstance(self.prune, dict):
             self.prune = PruneOptions(**self.prune)
         if self.prune.enabled and not 0 < self.prune.keep_ratio <= 1:
@@ -90,6 +93,9 @@ def build_bundle(
     if options.prune.enabled and not train_batches:
         raise UserError("export.prune needs training batches for its recovery; pass train_batches")
     out = Path(out)
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not a bundle; the export replaces only an older bundle there: pass "
+                        "an empty or new folder (--out / export.out_dir)")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -100,7 +106,7 @@ def build_bundle(
         shutil.rmtree(tmp, ignore_errors=True)  # no half bundle; an older complete one at `out` stays
         raise
     if out.exists():
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # an older bundle (checked before the export started)
     tmp.rename(out)
     log.info("Bundle written to %s (fast variant: %s)", out, report["fast"])
     return report

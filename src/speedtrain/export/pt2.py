@@ -27,6 +27,12 @@ def export_pt2(model: torch.nn.Module, path: str | Path, max_length: int) -> Non
     The package takes ``input_ids (B, T)`` and ``attention_mask (B, T)`` (int64, any B, T <= max_length) and
     returns logits ``(B, C)``.
     """
+    import os
+
+    from speedtrain.config import default_cache_dir
+
+    # Inductor compiles under /tmp/torchinductor_<user> unless told: keep it in speedtrain's cache folder
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir() / "torchinductor"))
     wrapped = LogitsOnly(model).eval().cpu().float()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

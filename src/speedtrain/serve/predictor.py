@@ -36,6 +36,8 @@ class Predictor:
                  cache_size: int = 65536, variant: str = ""):
         if batch_size <= 0:
             raise UserError(f"batch_size={batch_size} must be positive")
+        if cache_size < 0:
+            raise UserError(f"cache_size={cache_size} must be >= 0 (0 turns the cache off)")
         self.runner, self.encoder, self.labels = runner, encoder, list(labels)
         self.batch_size, self.cache_size, self.variant = batch_size, cache_size, variant
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -70,7 +72,8 @@ class Predictor:
         """Class probabilities ``(N, C)`` for the ``N`` texts."""
         texts = _check_texts(texts)
         if not self.cache_size:
-            self.misses += len(texts)
+            with self._lock:
+                self.misses += len(texts)
             return self._probabilities(texts)
         keys = [self.encoder.normalize(t) for t in texts]
         found = self._lookup(keys)
@@ -120,7 +123,7 @@ class Predictor:
     def _store(self, new: dict[str, np.ndarray]) -> None:
         with self._lock:
             for k, p in new.items():
-                self._cache[k] = p
+                self._cache[k] = p.copy()  # not a view that keeps its whole batch alive
                 self._cache.move_to_end(k)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
