@@ -31,6 +31,6 @@ def print_summary(metrics: dict, output_dir: Path, title: str = "speedtrain run"
         largest = max(b.get("fast_texts_per_s") or {"0": 0}, key=int)
         speed = (f", batch-1 p50 {b['fast_p50_ms']:.3f} ms, {b['fast_texts_per_s'][largest]:,.0f} texts/s at "
                  f"batch {largest}" if "fast_p50_ms" in b else "")
-        table.add_row("bundle", f"{b['dir']} (fast: {b['fast']}, test acc {b['fast_accuracy']:.2f}{speed})")
+        table.add_row("bundle", f"{b['dir']} (fast: {b['fast']}, full test split acc {b['fast_accuracy']:.2f}%{speed})")
     table.add_row("outputs", str(output_dir))
     Console().print(table)

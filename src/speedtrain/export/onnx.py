@@ -66,6 +66,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, max_length: int, fuse:
     path = Path(path)
     for name in ("onnxscript", "onnx_ir"):  # one INFO line per rewrite pass: noise in a run's log
         logging.getLogger(name).setLevel(logging.WARNING)
+    # "torchvision is not installed. Skipping torchvision::nms" and the like: true, and irrelevant here
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     wrapped = LogitsOnly(model).eval().cpu().float()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
