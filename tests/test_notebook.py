@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import nbformat
 from nbclient import NotebookClient
 
@@ -19,4 +17,3 @@ def test_quickstart_notebook_executes(tiny_bundle, monkeypatch):
     assert "live horses for breeding" in text and "variant:" in text and "fast variant" in text
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the benchmark plot
     assert any("text/markdown" in o.get("data", {}) for o in outputs)  # the benchmark table
-    assert os.environ["SPEEDTRAIN_BUNDLE"] == str(tiny_bundle)

@@ -7,6 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from speedtrain.export.parity import largest_batch
+
 
 def print_summary(metrics: dict, output_dir: Path, title: str = "speedtrain run") -> None:
     """Print the headline metrics, sizes and timings of a finished run."""
@@ -28,9 +30,9 @@ def print_summary(metrics: dict, output_dir: Path, title: str = "speedtrain run"
     table.add_row("time", f"{t['total_s']:.1f} s (data {t['data_s']:.1f} s{teacher}, fit {t['fit_s']:.1f} s)")
     if "bundle" in metrics:
         b = metrics["bundle"]
-        largest = max(b.get("fast_texts_per_s") or {"0": 0}, key=int)
-        speed = (f", batch-1 p50 {b['fast_p50_ms']:.3f} ms, {b['fast_texts_per_s'][largest]:,.0f} texts/s at "
-                 f"batch {largest}" if "fast_p50_ms" in b else "")
+        sizes = b.get("fast_texts_per_s") or {}
+        speed = (f", batch-1 p50 {b['fast_p50_ms']:.3f} ms, {largest_batch(sizes):,.0f} texts/s at "
+                 f"batch {max(sizes, key=int)}" if "fast_p50_ms" in b else "")
         table.add_row("bundle", f"{b['dir']} (fast: {b['fast']}, full test split acc {b['fast_accuracy']:.2f}%{speed})")
     table.add_row("outputs", str(output_dir))
     Console().print(table)

@@ -26,6 +26,7 @@ import torch
 
 from speedtrain.errors import UserError
 from speedtrain.export.build import ExportError, ExportOptions, build_bundle
+from speedtrain.export.parity import largest_batch
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def report_metrics(report: dict) -> dict[str, float]:
         if "latency" in row:
             metrics[f"bench/{name}/p50_ms"] = row["latency"]["p50_ms"]
             metrics[f"bench/{name}/p99_ms"] = row["latency"]["p99_ms"]
-            metrics[f"bench/{name}/texts_per_s"] = _largest(row["throughput"])
+            metrics[f"bench/{name}/texts_per_s"] = largest_batch(row["throughput"])
     if "teacher" in report:
         metrics["bench/teacher/p50_ms"] = report["teacher"]["latency"]["p50_ms"]
     return metrics
@@ -137,13 +138,9 @@ def log_report(trainer: pl.Trainer, report: dict, bundle: Path) -> None:
             for name, row in report["variants"].items():
                 lat = row.get("latency", {})
                 table.add_data(name, row["parity"]["accuracy"], row["parity"]["agreement"], lat.get("p50_ms"),
-                               lat.get("p99_ms"), _largest(row.get("throughput")), row["size_mb"])
+                               lat.get("p99_ms"), largest_batch(row.get("throughput")), row["size_mb"])
             run.log({"bench/table": table})
             artifact = wandb.Artifact(f"bundle-{run.id}", type="model", metadata={"fast": report["fast"]})
             artifact.add_dir(str(bundle))
             run.log_artifact(artifact)
 
-
-def _largest(throughput: dict | None) -> float | None:
-    """Texts/s at the largest benchmarked batch size."""
-    return throughput[max(throughput, key=int)] if throughput else None

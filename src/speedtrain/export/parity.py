@@ -51,9 +51,10 @@ def choose_fast(rows: dict[str, dict], reference: str, budget: float, min_agreem
                   and row["parity"].get("agreement", 100.0) >= min_agreement)]
     best = min(rows[name]["latency"]["p50_ms"] for name in candidates)
     near = [name for name in candidates if rows[name]["latency"]["p50_ms"] <= best * (1 + tie)]
-    return max(near, key=lambda name: (_largest_batch(rows[name]), -rows[name]["latency"]["p50_ms"]))
+    return max(near, key=lambda name: (largest_batch(rows[name].get("throughput")) or 0.0,
+                                       -rows[name]["latency"]["p50_ms"]))
 
 
-def _largest_batch(row: dict) -> float:
-    throughput = row.get("throughput") or {}
-    return throughput[max(throughput, key=int)] if throughput else 0.0
+def largest_batch(throughput: dict | None) -> float | None:
+    """Texts/s at the largest benchmarked batch size of ``{"<batch size>": texts/s}``."""
+    return throughput[max(throughput, key=int)] if throughput else None
