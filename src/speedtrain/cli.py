@@ -4,6 +4,7 @@
     speedtrain export outputs/<run> [--out DIR] [export.variants=[onnx,onnx_int8] ...]
     speedtrain bench outputs/<run>/bundle                  # re-benchmark a bundle on this machine
     speedtrain predict outputs/<run>/bundle "text" ... [--json] [--variant onnx]
+    speedtrain serve outputs/<run>/bundle [--port 8000] [--workers 2]   # HTTP API (speedtrain serve --help)
     speedtrain info                                        # versions, devices, where the configs and the cache are
 """
 
@@ -22,10 +23,12 @@ commands:
                                        re-benchmark a bundle on this machine (rewrites its benchmark files)
   predict BUNDLE TEXT... [--variant NAME] [--json]
                                        label and score of each text
+  serve BUNDLE [--host H] [--port P] [--workers N] [--variant NAME] ...
+                                       HTTP API: POST /predict, /healthz, /readyz, /metrics, /docs
   info                                 versions, devices, config folder and cache folder
 """
 
-COMMANDS = ("train", "export", "bench", "predict", "info")
+COMMANDS = ("train", "export", "bench", "predict", "serve", "info")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return _train(rest)
     if command == "info":
         return _info()
-    if command in ("export", "bench", "predict"):
+    if command in ("export", "bench", "predict", "serve"):
         from speedtrain.errors import exit_on_user_error
 
         try:

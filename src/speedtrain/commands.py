@@ -110,6 +110,30 @@ def predict(argv: list[str]) -> int:
     return 0
 
 
+def serve(argv: list[str]) -> int:
+    """Serve a bundle over HTTP: POST /predict, /healthz, /readyz, /metrics, /docs (micro-batching, cache, workers)."""
+    import dataclasses
+
+    from speedtrain.serve.app import API_KEY_ENV, ServeOptions, serve as run_server
+
+    parser = argparse.ArgumentParser(prog="speedtrain serve", description=serve.__doc__)
+    parser.add_argument("bundle")
+    helps = {"host": "address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for all)",
+             "workers": "processes sharing the port, each with the model, a batcher and a cache",
+             "threads": "model threads per worker (0: the cores divided among the workers)",
+             "api_key": f"require this key in X-API-Key or Authorization: Bearer (or set ${API_KEY_ENV})",
+             "variant": "a variant of the bundle (default: its fast one)"}
+    for field in dataclasses.fields(ServeOptions):
+        if field.name == "bundle":
+            continue
+        kind = {"int": int, "float": float}.get(str(field.type), str)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default,
+                            help=f"{helps.get(field.name, '')} (default: %(default)s)".strip())
+    args = vars(parser.parse_args(argv))
+    run_server(ServeOptions(**args))
+    return 0
+
+
 def _trained_model(run_dir: Path, checkpoint: Path | None):
     """The run's best model (``model/``), or ``model/``'s architecture with the weights of ``checkpoint``."""
     import torch

@@ -101,7 +101,8 @@ class TextEncoder:
     """Texts -> ``(input_ids, attention_mask)`` int64 arrays, truncated and padded exactly as in training.
 
     Uses the folder's ``tokenizer.json`` through ``tokenizers`` directly (2x less overhead than calling the
-    ``transformers`` tokenizer for one text: 0.06 vs 0.11 ms here); same ids, tested.
+    ``transformers`` tokenizer for one text: 0.06 vs 0.11 ms here); same ids, tested. Padding (right, with
+    ``[PAD]``) is done here, so :meth:`groups` can pad texts of similar length together.
     """
 
     def __init__(self, folder: str | Path, max_length: int):
@@ -112,17 +113,48 @@ class TextEncoder:
             raise UserError(f"{folder} has no tokenizer.json; save the tokenizer there with save_pretrained")
         self.tokenizer = Tokenizer.from_file(str(path))
         self.tokenizer.enable_truncation(max_length)
+        self.tokenizer.no_padding()
         pad_id = self.tokenizer.token_to_id("[PAD]")
-        self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id)
+        self.pad_id = 0 if pad_id is None else pad_id
         self.max_length = max_length
         normalizer = self.tokenizer.normalizer
         self._normalize = normalizer.normalize_str if normalizer is not None else (lambda text: text)
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        encodings = self.tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        return self.pad([e.ids for e in self.tokenizer.encode_batch(texts)])
+
+    def pad(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Token id lists -> ``(ids, mask)`` padded to the longest."""
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+            mask[i, :len(r)] = 1
         return ids, mask
+
+    def groups(self, texts: list[str], batch_size: int, waste: float = 0.15, min_group: int = 4):
+        """Yield ``(indices, ids, mask)``: the texts sorted by token count into batches of at most ``batch_size``,
+        each padded to its own longest, a new batch starting when padding would exceed ``waste`` of its tokens
+        (and it has ``min_group`` texts: a model call has a fixed cost too).
+
+        A batch of 64 test texts padded to the longest costs ~1.3x the tokens it holds; grouped, ~1.05x:
+        0.53 instead of 0.70 ms per text on one thread here (docs/benchmarks.md, "speedtrain serve").
+        """
+        rows = [e.ids for e in self.tokenizer.encode_batch(texts)]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        start = 0
+        while start < len(order):
+            end, tokens = start + 1, len(rows[order[start]])
+            while end < len(order) and end - start < batch_size:
+                longest = len(rows[order[end]])
+                if end - start >= min_group and longest * (end - start + 1) > (1 + waste) * (tokens + longest):
+                    break
+                tokens += longest
+                end += 1
+            chunk = order[start:end]
+            yield (chunk, *self.pad([rows[i] for i in chunk]))
+            start = end
 
     def normalize(self, text: str) -> str:
         """The text as the tokenizer sees it (its normalizer, runs of whitespace as one space): a cache key."""

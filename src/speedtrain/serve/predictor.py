@@ -28,7 +28,7 @@ class Predictor:
         runner: ``runner(input_ids, attention_mask) -> logits``.
         encoder: the bundle's tokenization (truncates to the training length).
         labels: label names, by class index.
-        batch_size: largest batch one model call gets (longer inputs are split, texts of similar length together).
+        batch_size: largest batch one model call gets (inputs are split into batches of similar token counts).
         cache_size: results kept (LRU) keyed by the normalised text; 0 turns the cache off.
     """
 
@@ -74,7 +74,7 @@ class Predictor:
         if not self.cache_size:
             with self._lock:
                 self.misses += len(texts)
-            return self._probabilities(texts)
+            return self.probabilities(texts)
         keys = [self.encoder.normalize(t) for t in texts]
         found = self._lookup(keys)
         first: dict[str, str] = {}  # normalised text -> its first original among the misses (what the model sees)
@@ -82,7 +82,7 @@ class Predictor:
             if probs is None:
                 first.setdefault(key, text)
         if first:
-            new = dict(zip(first, self._probabilities(list(first.values()))))
+            new = dict(zip(first, self.probabilities(list(first.values()))))
             self._store(new)
             found = [p if p is not None else new[k] for k, p in zip(keys, found)]
         return np.stack(found)
@@ -95,15 +95,14 @@ class Predictor:
         """Hits, misses, current size and capacity of the result cache."""
         return {"hits": self.hits, "misses": self.misses, "size": len(self._cache), "capacity": self.cache_size}
 
-    def _probabilities(self, texts: list[str]) -> np.ndarray:
-        """``(N, C)`` probabilities; more than ``batch_size`` texts are sorted by length into batches (short padding)."""
-        if len(texts) <= self.batch_size:
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """``(N, C)`` probabilities of checked texts, no cache (the server's batches). Texts are sorted by token
+        count into batches of at most ``batch_size``, each padded only to its own longest text."""
+        if len(texts) == 1:
             return softmax(self.runner(*self.encoder(texts)))
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = None
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            probs = softmax(self.runner(*self.encoder([texts[i] for i in chunk])))
+        for chunk, ids, mask in self.encoder.groups(texts, self.batch_size):
+            probs = softmax(self.runner(ids, mask))
             if out is None:
                 out = np.empty((len(texts), probs.shape[1]), dtype=np.float32)
             out[chunk] = probs
