@@ -119,16 +119,20 @@ def serve(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="speedtrain serve", description=serve.__doc__)
     parser.add_argument("bundle")
     helps = {"host": "address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for all)",
-             "workers": "processes sharing the port, each with the model, a batcher and a cache",
+             "workers": "processes sharing the port, each with the model, a batcher and a cache (0: one per core)",
+             "pin": "give each worker its own core(s) when workers x threads fit the cores",
              "threads": "model threads per worker (0: the cores divided among the workers)",
              "api_key": f"require this key in X-API-Key or Authorization: Bearer (or set ${API_KEY_ENV})",
              "variant": "a variant of the bundle (default: its fast one)"}
     for field in dataclasses.fields(ServeOptions):
         if field.name == "bundle":
             continue
-        kind = {"int": int, "float": float}.get(str(field.type), str)
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default,
-                            help=f"{helps.get(field.name, '')} (default: %(default)s)".strip())
+        flag, text = f"--{field.name.replace('_', '-')}", f"{helps.get(field.name, '')} (default: %(default)s)".strip()
+        if field.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=text)
+        else:
+            kind = {"int": int, "float": float}.get(str(field.type), str)
+            parser.add_argument(flag, type=kind, default=field.default, help=text)
     args = vars(parser.parse_args(argv))
     run_server(ServeOptions(**args))
     return 0

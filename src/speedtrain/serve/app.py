@@ -40,6 +40,7 @@ import numpy as np
 import orjson
 
 from speedtrain.errors import UserError
+from speedtrain.export.bundle import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ class ServeOptions:
     variant: str = "fast"
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1  # processes sharing the port, each with its own model, batcher and cache
+    workers: int = 0  # processes sharing the port, each with its own model, batcher and cache; 0: one per core
     threads: int = 0  # model threads per worker; 0: the cores divided among the workers
+    pin: bool = True  # several workers: give each its own cores (when they go round), halving hand-off latency
     max_batch_size: int = 64  # texts per model call
     max_wait_ms: float = 1.0  # after an idle spell, how long the batcher waits for more requests
     max_queue: int = 2048  # texts waiting for the model (per worker); beyond: 503
@@ -70,12 +72,12 @@ class ServeOptions:
 
     def check(self) -> ServeOptions:
         """Raise a :class:`UserError` naming the first bad value and its fix."""
-        positive = ("workers", "max_batch_size", "max_queue", "max_texts", "max_text_chars", "max_body_bytes")
+        positive = ("max_batch_size", "max_queue", "max_texts", "max_text_chars", "max_body_bytes")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise UserError(f"--{name.replace('_', '-')}={value} must be a positive integer")
-        for name in ("threads", "cache_size"):
+        for name in ("workers", "threads", "cache_size"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 0")
         if self.max_wait_ms < 0:
@@ -87,7 +89,22 @@ class ServeOptions:
         if not (Path(self.bundle) / "speedtrain.json").is_file():
             raise UserError(f"{self.bundle!r} is not a bundle (no speedtrain.json); pass the bundle folder a run "
                             "wrote, e.g. outputs/<date>/<time>/bundle")
+        if not self.workers:
+            self.workers = len(available_cores())
+        if not self.threads:
+            self.threads = max(1, len(available_cores()) // self.workers)
+        manifest = read_manifest(self.bundle)
+        if self.variant != "fast" and self.variant not in manifest["variants"]:
+            raise UserError(f"--variant={self.variant} is not in the bundle {self.bundle}; it has "
+                            f"{sorted(manifest['variants'])} (or 'fast')")
         return self
+
+
+def available_cores() -> list[int]:
+    """The CPUs this process may run on (a container's or ``taskset``'s share, not the whole machine)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
 
 
 class Overloaded(Exception):
@@ -251,8 +268,7 @@ class ServeApp:
         from speedtrain.serve.predictor import Predictor
 
         o = self.options
-        threads = o.threads or max(1, (os.cpu_count() or 1) // o.workers)
-        self.predictor = Predictor.load(o.bundle, o.variant, threads=threads, cache_size=0,
+        self.predictor = Predictor.load(o.bundle, o.variant, threads=o.threads or None, cache_size=0,
                                         batch_size=max(o.max_batch_size, 1))
         self.predictor.probabilities(["warm up"])  # first call allocates ORT's buffers: not a request's latency
         self.labels = self.predictor.labels
@@ -486,30 +502,106 @@ def app_from_env() -> ServeApp:
     return ServeApp(ServeOptions(**json.loads(raw)))
 
 
-def serve(options: ServeOptions) -> None:
-    """Run the server until SIGINT/SIGTERM (then finish in-flight requests and stop)."""
-    import shutil
-    import tempfile
+def _listen_socket(host: str, port: int, reuse_port: bool):
+    import socket
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({err.strerror}); pick another --port or stop what "
+                        "uses it") from None
+    return sock
+
+
+def _run_worker(options_json: str, reuse_port: bool, index: int = 0) -> None:
+    """One worker process: its own socket on the shared port (``SO_REUSEPORT``), app, batcher and cache."""
     import uvicorn
+
+    options = ServeOptions(**json.loads(options_json))
+    cores = available_cores()
+    if options.pin and options.workers > 1 and options.workers * options.threads <= len(cores):
+        # the loop thread and the model thread of a worker on the same core(s): a hand-off between them is a
+        # context switch, not a wake-up of another (virtual) CPU: 70 vs 240 µs per round trip measured here
+        os.sched_setaffinity(0, cores[index * options.threads:(index + 1) * options.threads])
+    sock = _listen_socket(options.host, options.port, reuse_port)
+    config = uvicorn.Config(ServeApp(options), loop="uvloop", http="httptools", lifespan="on",
+                            log_level=options.log_level, access_log=False, backlog=4096,
+                            timeout_graceful_shutdown=options.graceful_timeout_s)
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:  # lifespan startup failed: uvicorn logged why
+        raise SystemExit(3)
+
+
+def serve(options: ServeOptions) -> None:
+    """Run the server until SIGINT/SIGTERM, then let in-flight requests finish and stop.
+
+    ``workers`` > 1: that many processes, each listening on the port with ``SO_REUSEPORT``, so the kernel spreads
+    connections evenly over them. (uvicorn's own ``--workers`` share one listening socket; measured here, one
+    worker then accepted every connection of a benchmark and the other idled — docs/benchmarks.md.)
+    """
+    import multiprocessing
+    import shutil
+    import signal
+    import socket
+    import tempfile
 
     from speedtrain.config import default_cache_dir
 
     options.check()
-    os.environ[OPTIONS_ENV] = json.dumps(dataclasses.asdict(options))
+    _listen_socket(options.host, options.port, reuse_port=False).close()  # the port is free (one clear error)
+    raw = json.dumps(dataclasses.asdict(options))
+    if options.workers == 1:
+        _run_worker(raw, reuse_port=False)
+        return
     metrics_dir = None
-    if options.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # the workers write their metrics to files here and /metrics sums them (prometheus_client's multiprocess
         # mode); a fresh folder per server under the user's cache, removed when the server stops
         root = Path(default_cache_dir()) / "serve"
         root.mkdir(parents=True, exist_ok=True)
         metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=root)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    reuse_port = hasattr(socket, "SO_REUSEPORT")
+    context = multiprocessing.get_context("spawn")
+    stopping = []
+
+    def start_worker(index: int):
+        process = context.Process(target=_run_worker, args=(raw, reuse_port, index), name=f"speedtrain-worker-{index}")
+        process.start()
+        return process
+
+    def stop(signum, frame):
+        stopping.append(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    workers = [start_worker(i) for i in range(options.workers)]
+    print(f"speedtrain serve: {options.workers} workers on http://{options.host}:{options.port} "
+          f"(bundle {options.bundle})", flush=True)
     try:
-        uvicorn.run("speedtrain.serve.app:app_from_env", factory=True, host=options.host, port=options.port,
-                    workers=options.workers, loop="uvloop", http="httptools", lifespan="on",
-                    log_level=options.log_level, access_log=False, backlog=4096,
-                    timeout_graceful_shutdown=options.graceful_timeout_s)
+        while not stopping:
+            for i, process in enumerate(workers):
+                if process.exitcode is not None and not stopping:
+                    if process.exitcode == 3:  # the app could not start (e.g. a broken bundle): stop, not respawn
+                        raise UserError(f"worker {i} could not load {options.bundle!r}; the lines above say why")
+                    log.warning("worker %d exited with %s; starting a new one", i, process.exitcode)
+                    workers[i] = start_worker(i)
+            time.sleep(0.2)
     finally:
+        for process in workers:  # SIGTERM: each worker stops accepting, finishes in-flight requests, exits
+            if process.exitcode is None:
+                process.terminate()
+        for process in workers:
+            process.join(options.graceful_timeout_s + 5)
+            if process.exitcode is None:
+                process.kill()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
