@@ -26,6 +26,7 @@ uvicorn (uvloop + httptools) over Starlette, FastAPI, granian and LitServe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import json
@@ -207,8 +208,9 @@ class Metrics:
     """The Prometheus metrics of a worker (summed over the workers when ``PROMETHEUS_MULTIPROC_DIR`` is set)."""
 
     def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+        disable_created_metrics()  # no *_created series: half the /metrics text, nothing a dashboard uses
         self.registry = CollectorRegistry()
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         kw = {"registry": None if self.multiprocess else self.registry}
@@ -519,6 +521,24 @@ def _listen_socket(host: str, port: int, reuse_port: bool):
     return sock
 
 
+def _uvicorn_server(config):
+    """uvicorn's server, but exiting with status 0 after a graceful shutdown on SIGTERM/SIGINT.
+
+    (uvicorn re-raises the signal once it has finished, so the process dies of it, status -15; a shutdown that
+    finished every request is a success to a supervisor, systemd or Kubernetes.)
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                self._captured_signals = []  # handled: in-flight requests finished, the server stopped
+
+    return Server(config)
+
+
 def _run_worker(options_json: str, reuse_port: bool, index: int = 0) -> None:
     """One worker process: its own socket on the shared port (``SO_REUSEPORT``), app, batcher and cache."""
     import uvicorn
@@ -533,7 +553,7 @@ def _run_worker(options_json: str, reuse_port: bool, index: int = 0) -> None:
     config = uvicorn.Config(ServeApp(options), loop="uvloop", http="httptools", lifespan="on",
                             log_level=options.log_level, access_log=False, backlog=4096,
                             timeout_graceful_shutdown=options.graceful_timeout_s)
-    server = uvicorn.Server(config)
+    server = _uvicorn_server(config)
     server.run(sockets=[sock])
     if not server.started:  # lifespan startup failed: uvicorn logged why
         raise SystemExit(3)
