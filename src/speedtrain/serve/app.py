@@ -61,7 +61,8 @@ class ServeOptions:
     threads: int = 0  # model threads per worker; 0: the cores divided among the workers
     pin: bool = True  # several workers: give each its own cores (when they go round), halving hand-off latency
     max_batch_size: int = 64  # texts per model call
-    max_wait_ms: float = 1.0  # after an idle spell, how long the batcher waits for more requests
+    max_wait_ms: float = 0.0  # after an idle spell, how long the batcher waits for company (0: batches form
+    # from what arrives while the model is busy; measured here: 0 gave 5.6 vs 7.2 ms p50 at 8 connections)
     max_queue: int = 2048  # texts waiting for the model (per worker); beyond: 503
     max_texts: int = 256  # texts per request; beyond: 413
     max_text_chars: int = 2000  # characters per text; beyond: 413 (the model reads at most max_length tokens)
@@ -310,25 +311,33 @@ class ServeApp:
         elif kind == "lifespan":
             await self.lifespan(receive, send)
 
+    async def startup(self) -> None:
+        """Load the model (in a thread) and start the batcher."""
+        await asyncio.get_running_loop().run_in_executor(None, self.load)
+        o = self.options
+        self.batcher = MicroBatcher(self.infer, o.max_batch_size, o.max_wait_ms / 1000, o.max_queue,
+                                    self.metrics.on_batch)
+        self.batcher.start()
+        self.ready = True
+
+    async def shutdown(self) -> None:
+        """Not ready any more; answer what is queued, then stop the batcher."""
+        self.ready = False
+        if self.batcher is not None:
+            await self.batcher.close()
+
     async def lifespan(self, receive, send):
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await asyncio.get_running_loop().run_in_executor(None, self.load)
+                    await self.startup()
                 except Exception as err:  # a bad bundle or variant: one message, the server does not start
                     await send({"type": "lifespan.startup.failed", "message": str(err)})
                     return
-                o = self.options
-                self.batcher = MicroBatcher(self.infer, o.max_batch_size, o.max_wait_ms / 1000, o.max_queue,
-                                            self.metrics.on_batch)
-                self.batcher.start()
-                self.ready = True
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                self.ready = False
-                if self.batcher is not None:
-                    await self.batcher.close()
+                await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
