@@ -151,17 +151,33 @@ def measure(server: Server, pool: list[str], scenario: str, args, seed: int) -> 
 
 
 def soak(server: Server, pool: list[str], rate: float, args) -> dict:
-    bodies = make_bodies(make_texts(pool, int(rate * (args.soak + 5)) + 1000, 0.0, seed=99,
-                                    first=next_serial(int(rate * (args.soak + 5)) + 1000)))
-    # warm up at the same rate first: the first seconds allocate the server's buffers and fill its cache
+    """Open loop at ``rate`` for ``args.soak`` seconds of new texts; the server's resident memory every 5 s."""
+    import threading
+
+    n = int(rate * (args.soak + 5)) + 1000
+    bodies = make_bodies(make_texts(pool, n, 0.0, seed=99, first=next_serial(n)))
+    # warm up at the same rate first: the first seconds allocate the server's buffers
     run_load(LoadOptions(url=server.url + "/predict", mode="open", rate=rate, concurrency=256, duration_s=5,
                          warmup_s=0), bodies[-1000:])
-    rss0 = server.rss_mb()
+    samples, done = [(0.0, server.rss_mb())], threading.Event()
+
+    def sample():
+        start = time.time()
+        while not done.wait(5):
+            samples.append((time.time() - start, server.rss_mb()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     result = run_load(LoadOptions(url=server.url + "/predict", mode="open", rate=rate, concurrency=256,
                                   duration_s=args.soak, warmup_s=0, requests=len(bodies)), bodies)
-    rss1 = server.rss_mb()
+    done.set()
+    sampler.join()
+    samples.append((args.soak, server.rss_mb()))
+    rss0, rss1 = samples[0][1], samples[-1][1]
+    half = min(samples, key=lambda s: abs(s[0] - args.soak / 2))[1]
     result.update(server=server.name, scenario=f"soak {args.soak:.0f} s open loop", rss_start_mb=rss0,
-                  rss_end_mb=rss1, rss_growth_pct=100 * (rss1 - rss0) / rss0)
+                  rss_end_mb=rss1, rss_growth_pct=100 * (rss1 - rss0) / rss0,
+                  rss_second_half_growth_pct=100 * (rss1 - half) / half, rss_samples=samples)
     return result
 
 
@@ -219,8 +235,10 @@ def main(argv=None) -> int:
                                 and r["scenario"] == "throughput"), default=1000.0)
                     rows.append(soak(server, pool, 0.8 * best, args))
                     raw.append(rows[-1])
-                    print(table(rows[-1:]).splitlines()[-1], f"RSS {rows[-1]['rss_start_mb']:.0f} -> "
-                          f"{rows[-1]['rss_end_mb']:.0f} MB ({rows[-1]['rss_growth_pct']:+.1f}%)", flush=True)
+                    r = rows[-1]
+                    print(table([r]).splitlines()[-1], f"RSS of all workers {r['rss_start_mb']:.0f} -> "
+                          f"{r['rss_end_mb']:.0f} MB ({r['rss_growth_pct']:+.1f}%; second half "
+                          f"{r['rss_second_half_growth_pct']:+.1f}%)", flush=True)
             finally:
                 server.stop()
 

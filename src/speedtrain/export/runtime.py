@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from speedtrain.errors import UserError
 
@@ -47,11 +46,13 @@ def load_runner(bundle: str | Path, variant: str, threads: int | None = None) ->
     if variant == "pytorch":
         return TorchRunner(load_pretrained(bundle), threads)
     if variant == "pt2":
+        import torch
+
         return TorchRunner(torch._inductor.aoti_load_package(str(path)), threads)
     return OrtRunner(path, threads)
 
 
-def load_pretrained(folder: str | Path) -> torch.nn.Module:
+def load_pretrained(folder: str | Path):
     """The Hugging Face classifier in ``folder`` (safetensors only, no remote code), eval mode, CPU."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -69,6 +70,8 @@ class TorchRunner:
         self.model, self.threads = model, threads
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        import torch  # here, not at the top: ONNX variants (the server's workers) never load torch
+
         ids, mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
         if torch.get_num_threads() != self.threads:  # torch's thread count is global: set it per call
             torch.set_num_threads(self.threads)
