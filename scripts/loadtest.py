@@ -12,8 +12,9 @@ Servers (each started here as a subprocess on a free loopback port, stopped afte
   what a first deployment often looks like.
 
 Scenarios (closed loop unless said): ``throughput`` (64 connections, one text per request, no repeated texts),
-``latency`` (8 connections), ``cache`` (64 connections, 85% of requests from 1,000 popular texts; speedtrain only;
-hit ratio from its /metrics), ``batched`` (64 connections, 16 texts per request), and with ``--soak S`` an
+``latency`` (8 connections), ``open`` (open loop at ``--open-rate`` requests/s, latency counted from the
+scheduled send time; speedtrain only), ``cache`` (64 connections, 85% of requests from 1,000 popular texts;
+speedtrain only; hit ratio from its /metrics), ``batched`` (64 connections, 16 texts per request), and with ``--soak S`` an
 open-loop run for S seconds at 80% of the measured throughput, with the server's resident memory before and after.
 The load generator (speedtrain.bench.load) shares the machine with the servers, as in the issue's wrk figures.
 Results: a table on stdout, ratios to the references, and JSON with ``--out``.
@@ -42,6 +43,7 @@ SCENARIOS = {  # name -> (concurrency, texts per request, repeat share)
     "latency": (8, 1, 0.0),
     "cache": (64, 1, 0.85),
     "batched": (64, 16, 0.0),
+    "open": (64, 1, 0.0),  # open loop at --open-rate requests/s: the latency at a given load
 }
 
 
@@ -140,9 +142,10 @@ def measure(server: Server, pool: list[str], scenario: str, args, seed: int) -> 
     bodies = make_bodies(make_texts(pool, n, repeat, seed=seed, first=next_serial(n)),
                          per_request)
     before = cache_counts(server) if server.name.startswith("speedtrain") else None
+    mode = "open" if scenario == "open" else "closed"
     result = run_load(LoadOptions(url=server.url + "/predict", concurrency=concurrency, duration_s=args.duration,
-                                  warmup_s=args.warmup, requests=args.requests), bodies, per_request,
-                      processes=args.load_processes)
+                                  warmup_s=args.warmup, requests=args.requests, mode=mode, rate=args.open_rate),
+                      bodies, per_request, processes=args.load_processes)
     result.update(server=server.name, scenario=scenario, repeat_share=repeat)
     if before is not None:
         hits, misses = (a - b for a, b in zip(cache_counts(server), before))
@@ -197,7 +200,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("bundle")
     parser.add_argument("--servers", default="speedtrain,litserve,naive")
-    parser.add_argument("--scenarios", default="throughput,latency,cache,batched")
+    parser.add_argument("--scenarios", default="throughput,latency,open,cache,batched")
     parser.add_argument("--workers", default="0", help="speedtrain serve --workers values to try (0: one per core)")
     parser.add_argument("--litserve-workers", default="1,2")
     parser.add_argument("--serve-args", default="", help="extra flags for speedtrain serve, e.g. '--max-wait-ms 0.5'")
@@ -208,6 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, help="override every scenario's connections")
     parser.add_argument("--texts-per-request", type=int, help="override every scenario's texts per request")
     parser.add_argument("--repeat-share", type=float, help="override every scenario's share of repeated texts")
+    parser.add_argument("--open-rate", type=float, default=1000.0, help="requests/s of the 'open' scenario")
     parser.add_argument("--load-processes", type=int, default=1,
                         help="load generator processes (one Python process drives ~10,000 requests/s)")
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of open-loop load at 80%% of max (speedtrain)")
@@ -223,7 +227,7 @@ def main(argv=None) -> int:
             try:
                 server.wait_ready()
                 for scenario in args.scenarios.split(","):
-                    if scenario == "cache" and kind != "speedtrain":
+                    if scenario in ("cache", "open") and kind != "speedtrain":
                         continue
                     runs = [measure(server, pool, scenario, args, seed=rep) for rep in range(args.repeats)]
                     raw.extend(runs)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import hmac
 import json
 import logging
@@ -138,7 +139,8 @@ class MicroBatcher:
         if self._closing:
             raise Overloaded("shutting down")
         if self.queued and self.queued + len(texts) > self.max_queue:
-            raise Overloaded(f"{self.queued} texts queued")
+            raise Overloaded(f"overloaded: {self.queued} texts are waiting for the model (--max-queue "
+                             f"{self.max_queue})")
         future = asyncio.get_running_loop().create_future()
         self.pending.append((texts, future))
         self.queued += len(texts)
@@ -295,9 +297,8 @@ class ServeApp:
             m.misses.inc(len(missing))
             try:
                 found = await self.batcher.submit([texts[i] for i in missing])
-            except Overloaded:
-                raise HTTPError(503, f"overloaded: more than {self.options.max_queue} texts are waiting for the "
-                                     "model; retry later", [(b"retry-after", b"1")]) from None
+            except Overloaded as err:
+                raise HTTPError(503, f"{err}; retry later", [(b"retry-after", b"1")]) from None
             for i, r in zip(missing, found):
                 results[i] = r
                 cache.put(texts[i], r)
@@ -314,6 +315,8 @@ class ServeApp:
     async def startup(self) -> None:
         """Load the model (in a thread) and start the batcher."""
         await asyncio.get_running_loop().run_in_executor(None, self.load)
+        gc.collect()
+        gc.freeze()  # what loading made lives as long as the server: later collections need not scan it
         o = self.options
         self.batcher = MicroBatcher(self.infer, o.max_batch_size, o.max_wait_ms / 1000, o.max_queue,
                                     self.metrics.on_batch)
