@@ -129,6 +129,18 @@ def test_concurrent_requests_are_batched_and_counted(server, tiny_bundle):
     assert after["speedtrain_queue_depth"] == 0
 
 
+def test_load_generator_open_loop_and_several_processes(server, tiny_bundle):
+    pool = (tiny_bundle / "benchmark_texts.txt").read_text().splitlines()
+    bodies = make_bodies(make_texts(pool, 1000, 0.0, first=2 * 10**6))
+    url = server.url + "/predict"
+    result = run_load(LoadOptions(url=url, mode="open", rate=200, concurrency=8, duration_s=1.5, warmup_s=0), bodies)
+    assert result["errors"] == 0 and 240 <= result["requests"] <= 301  # 200/s for 1.5 s, on schedule
+    assert result["p50_ms"] < 200
+    result = run_load(LoadOptions(url=url, concurrency=4, requests=200, duration_s=30, warmup_s=0), bodies,
+                      processes=2)
+    assert result["requests"] == result["ok"] == 200 and result["errors"] == 0
+
+
 def test_repeated_texts_hit_the_cache(server, texts):
     before = metrics(server)
     for _ in range(3):
