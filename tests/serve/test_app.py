@@ -224,6 +224,26 @@ def test_shutdown_finishes_in_flight_requests(tiny_bundle):
         request(s.url + "/healthz", timeout=2)
 
 
+def test_a_killed_worker_is_replaced(server):
+    import psutil
+
+    def workers():
+        return [c for c in psutil.Process(server.proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+
+    before = workers()
+    assert len(before) == 2
+    before[0].kill()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        now = workers()
+        if len(now) == 2 and before[0].pid not in {p.pid for p in now}:
+            break
+        time.sleep(0.2)
+    assert len(now) == 2 and before[0].pid not in {p.pid for p in now}
+    time.sleep(5)  # the new worker loads the model; until it listens, the kernel sends connections to the other
+    assert all(post(server, {"texts": [f"steel screws {i}"]})[0] == 200 for i in range(20))
+
+
 def test_bad_bundle_and_busy_port_are_one_clear_error(tiny_bundle, tmp_path, server):
     done = subprocess.run([sys.executable, "-m", "speedtrain.cli", "serve", str(tmp_path)], capture_output=True,
                           text=True, timeout=120)

@@ -623,6 +623,9 @@ def serve(options: ServeOptions) -> None:
                     if process.exitcode == 3:  # the app could not start (e.g. a broken bundle): stop, not respawn
                         raise UserError(f"worker {i} could not load {options.bundle!r}; the lines above say why")
                     log.warning("worker %d exited with %s; starting a new one", i, process.exitcode)
+                    from prometheus_client import multiprocess
+
+                    multiprocess.mark_process_dead(process.pid)  # its live gauges (queue depth) stop counting
                     workers[i] = start_worker(i)
             time.sleep(0.2)
     finally:
