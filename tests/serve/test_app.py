@@ -211,11 +211,13 @@ def test_overload_answers_503_not_a_hang(strict):
 
 
 def test_shutdown_finishes_in_flight_requests(tiny_bundle):
-    s = Server(tiny_bundle, "--workers", "1", "--max-wait-ms", "300")  # each request waits 300 ms for company
+    s = Server(tiny_bundle, "--workers", "1", "--max-wait-ms", "1000")  # each request waits 1 s for company
     answers = []
     thread = threading.Thread(target=lambda: answers.append(post(s, {"texts": ["frozen fish fillets"]})[0]))
     thread.start()
-    time.sleep(0.1)  # the request is in the batcher now
+    deadline = time.time() + 10
+    while metrics(s).get("speedtrain_texts_total", 0) < 1 and time.time() < deadline:
+        time.sleep(0.02)  # until the request is in the batcher
     os.killpg(s.proc.pid, signal.SIGTERM)
     thread.join(30)
     assert answers == [200]
@@ -227,8 +229,15 @@ def test_shutdown_finishes_in_flight_requests(tiny_bundle):
 def test_a_killed_worker_is_replaced(server):
     import psutil
 
-    def workers():
-        return [c for c in psutil.Process(server.proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+    def workers():  # live worker processes (a killed one is a zombie until the supervisor reaps it)
+        found = []
+        for child in psutil.Process(server.proc.pid).children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.Error:  # it exited meanwhile
+                pass
+        return found
 
     before = workers()
     assert len(before) == 2

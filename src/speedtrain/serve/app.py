@@ -74,7 +74,8 @@ class ServeOptions:
     log_level: str = "warning"
 
     def check(self) -> ServeOptions:
-        """Raise a :class:`UserError` naming the first bad value and its fix."""
+        """Check every value (a :class:`UserError` names the first bad one and its fix) and resolve the automatic
+        ones (``workers`` and ``threads`` 0)."""
         positive = ("max_batch_size", "max_queue", "max_texts", "max_text_chars", "max_body_bytes")
         for name in positive:
             value = getattr(self, name)
