@@ -9,6 +9,9 @@ import hydra
 from omegaconf import DictConfig
 
 from speedtrain.errors import exit_on_user_error
+from speedtrain.sweep import register_plugins
+
+register_plugins()  # hparams_search=optuna, hydra/launcher=slurm|local
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -29,9 +29,11 @@ from speedtrain.distill.teacher import (
 )
 from speedtrain.errors import UserError
 from speedtrain.export.build import ExportOptions
-from speedtrain.loggers import build_loggers, finish_wandb
+from speedtrain.launcher import prepare_ddp_relaunch
+from speedtrain.loggers import build_loggers, finish_wandb, log_confusion_matrix
 from speedtrain.models.student import count_parameters
 from speedtrain.models.teacher import load_tokenizer, resolve_source
+from speedtrain.resume import resume_checkpoint, resumed_config, track_trainer
 from speedtrain.summary import print_summary
 
 log = logging.getLogger(__name__)
@@ -42,9 +44,10 @@ def run(cfg: DictConfig) -> float | None:
 
     Writes ``<output_dir>/metrics.json``, ``checkpoints/`` and ``model/`` (a Hugging Face folder of the best
     checkpoint: ``AutoModelForSequenceClassification`` and ``AutoTokenizer`` load it). A distillation run
-    without a cached teacher first fine-tunes one (stage 1) into ``<output_dir>/teacher/``.
+    without a cached teacher first fine-tunes one (stage 1) into ``<output_dir>/teacher/``. A folder that holds a
+    checkpoint of an interrupted run (``resume=<run>``, or ``hydra.run.dir=<run>``) continues from it.
     """
-    cfg = apply_debug(cfg)
+    cfg = apply_debug(resumed_config(cfg))
     check_config(cfg)
     try:
         return _run(cfg)
@@ -121,14 +124,19 @@ def fit_and_evaluate(
     exporter = None if stage else build_exporter(cfg, datamodule, distill, teacher_metrics)
     trainer = build_trainer(cfg, prefix=stage, extra_callbacks=[exporter] if exporter else [])
 
+    resume = resume_checkpoint(cfg.paths.output_dir)
+    if resume is not None:
+        log.info("Resuming from %s", resume)
     fit_started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    with track_trainer(trainer):  # a SLURM preemption saves this fit (speedtrain.launcher)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     fit_s = time.perf_counter() - fit_started
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt_path = best or None  # fast_dev_run saves no checkpoint: evaluate the weights in memory
     metrics = _evaluate(trainer, module, datamodule, ckpt_path, test=cfg.get("test", True))
     metrics.update(
         objective=cfg.objective,
+        resumed_from=str(resume) if resume else None,
         best_checkpoint=best or None,
         epochs=trainer.current_epoch,
         global_step=trainer.global_step,
@@ -155,6 +163,8 @@ def fit_and_evaluate(
             metrics["teacher_cache"] = str(store_teacher(output_dir / "model", cfg.paths.cache_dir,
                                                          store_teacher_as, metrics))
         print_summary(metrics, output_dir, title=f"speedtrain {stage or 'run'}")
+    if not stage:
+        log_confusion_matrix(trainer.loggers, getattr(module, "test_predictions", None), datamodule.label_names)
     trainer.strategy.barrier()  # other ranks read model/ and the teacher cache only once rank 0 wrote them
     if exporter is not None and exporter.error is not None:
         raise exporter.error  # after checkpoints, metrics.json and model/ are written: nothing is lost
@@ -211,6 +221,7 @@ def build_trainer(cfg: DictConfig, prefix: str = "", extra_callbacks: list | Non
             distillation run that follows logs its own.
         extra_callbacks: built by the pipeline (the export callback).
     """
+    prepare_ddp_relaunch()  # in a multirun, DDP's extra ranks run this job, not the sweep
     loggers = build_loggers(cfg.get("logger"), cfg.paths.output_dir, prefix=prefix)
     callbacks = build_callbacks(cfg) + list(extra_callbacks or [])
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -278,6 +289,7 @@ def build_datamodule(cfg: DictConfig) -> TextDataModule:
         test_fraction=d.test_fraction,
         split_seed=d.split_seed,
         group_by_length=d.get("group_by_length", False),
+        seed=cfg.seed,
     )
 
 

@@ -12,6 +12,9 @@ Logged keys:
 ``val/f1``             macro-F1
 ``test/acc, test/f1``  the same on the test split (of the best checkpoint)
 =====================  ==========================================================
+
+After a test, ``test_predictions`` holds ``(labels, predicted)`` of the whole test split (gathered from every
+rank): the run logs its confusion matrix.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class ClassifierModule(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_labels, average="micro")
         self.test_f1 = MulticlassF1Score(num_labels, average="macro")
         self._last_step_time: float | None = None
+        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.test_predictions: tuple | None = None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T), (B, T) -> logits (B, C)."""
@@ -90,11 +95,25 @@ class ClassifierModule(pl.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "test", self.test_acc, self.test_f1)
 
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = []
+
+    def on_test_epoch_end(self) -> None:
+        """Keep ``(labels, predicted)`` of the whole test split (DDP: all ranks' shards) as numpy arrays."""
+        labels = torch.cat([o[0] for o in self._test_outputs])
+        predicted = torch.cat([o[1] for o in self._test_outputs])
+        if self.trainer.world_size > 1:
+            labels, predicted = self.all_gather(labels).flatten(), self.all_gather(predicted).flatten()
+        self.test_predictions = (labels.cpu().numpy(), predicted.cpu().numpy())
+        self._test_outputs = []
+
     def _eval_step(self, batch: Batch, stage: str, acc: MulticlassAccuracy, f1: MulticlassF1Score) -> None:
         logits = self(batch["input_ids"], batch["attention_mask"])
         loss = self.loss_fn(logits.float(), batch["labels"])
         acc(logits, batch["labels"])
         f1(logits, batch["labels"])
+        if stage == "test":
+            self._test_outputs.append((batch["labels"].detach(), logits.argmax(-1).detach()))
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=batch["labels"].shape[0])
         self.log(f"{stage}/acc", acc, prog_bar=True)
         self.log(f"{stage}/f1", f1)

@@ -1,0 +1,157 @@
+"""Hydra sweeps: a resumable Optuna sweeper and the ``sweep_summary.csv``/``.md`` every multirun ends with.
+
+``hparams_search=optuna`` uses :class:`OptunaSweeper`: hydra-optuna-sweeper with its study in
+``<sweep dir>/optuna.db`` (sqlite) and three changes that make an interrupted sweep continue where it stopped
+(re-launch it with ``hydra.sweep.dir=<that sweep>``):
+
+- ``n_trials`` is the size of the whole study, not of this launch: finished trials are not run again;
+- trials left running by the interruption are marked failed and their parameters are tried again first;
+- a failing trial is recorded as failed and the sweep goes on (``max_failure_rate`` per batch of trials).
+
+:class:`SweepSummary` (a Hydra callback in ``conf/train.yaml``) ranks the jobs of any multirun by the objective
+from their ``metrics.json``; the Optuna sweeper also writes it after every batch of trials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def write_summary(sweep_dir: str | Path, objective: str = "val/acc") -> Path | None:
+    """Rank the jobs in ``sweep_dir`` by ``objective`` into ``sweep_summary.csv`` and ``sweep_summary.md``.
+
+    A job is a sub-folder with ``.hydra/overrides.yaml``; one without ``metrics.json`` is listed as failed (or
+    still running). Columns: rank, job, status, the objective, test/acc when tested, the overrides that differ
+    between jobs. Returns the csv's path (None when the folder holds no job yet).
+    """
+    import pandas as pd
+
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        job_dir = overrides_file.parent.parent
+        overrides = dict(o.split("=", 1) for o in OmegaConf.load(overrides_file) if "=" in o)
+        metrics_file = job_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        rows.append({"job": job_dir.name, "status": "complete" if objective in metrics else "failed",
+                     objective: metrics.get(objective), "test/acc": metrics.get("test/acc"), **overrides})
+    if not rows:
+        return None
+    table = pd.DataFrame(rows)
+    fixed = [c for c in table.columns[4:] if table[c].nunique(dropna=False) <= 1 and len(table) > 1]
+    table = table.drop(columns=fixed)
+    descending = "loss" not in objective
+    table = table.sort_values(objective, ascending=not descending, na_position="last", kind="stable")
+    table.insert(0, "rank", range(1, len(table) + 1))
+    csv = sweep_dir / "sweep_summary.csv"
+    table.to_csv(csv, index=False)
+    done = int((table["status"] == "complete").sum())
+    lines = [f"# Sweep {sweep_dir}", "",
+             f"{len(table)} jobs ({done} complete), ranked by `{objective}` ({'max' if descending else 'min'}).", ""]
+    if fixed:
+        lines += ["Same in every job: " + ", ".join(f"`{c}={rows[0].get(c)}`" for c in fixed), ""]
+    header = [str(c) for c in table.columns]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for record in table.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in record) + " |")
+    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+    return csv
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: write the sweep summary when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        path = write_summary(config.hydra.sweep.dir, OmegaConf.select(config, "objective", default="val/acc"))
+        if path is not None:
+            log.info("Sweep summary: %s (and .md)", path)
+
+
+def _optuna_impl():
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
+    class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
+        """hydra-optuna-sweeper's implementation, resumable (see the module docstring)."""
+
+        def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+            super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+            launch = self.launcher.launch
+            objective = OmegaConf.select(config, "objective", default="val/acc")
+
+            def launch_and_summarise(job_overrides, initial_job_idx):
+                try:
+                    return launch(job_overrides, initial_job_idx=initial_job_idx)
+                finally:
+                    write_summary(self.sweep_dir, objective)
+
+            self.launcher.launch = launch_and_summarise
+
+        def sweep(self, arguments: list[str]) -> None:
+            import optuna
+            from optuna.trial import TrialState
+
+            Path(str(self.sweep_dir)).mkdir(parents=True, exist_ok=True)  # sqlite needs the folder
+            total = self.n_trials
+            if self.storage and self.study_name and self.study_name in {
+                    s.study_name for s in optuna.get_all_study_summaries(self.storage)}:
+                study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+                trials = study.get_trials(deepcopy=False)
+                finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials)
+                self.job_idx = len(trials)  # job folder <n> is trial <n>: new trials go to new folders
+                for t in trials:
+                    if t.state in (TrialState.RUNNING, TrialState.WAITING):  # cut off by the interruption
+                        if t.state == TrialState.RUNNING:
+                            study._storage.set_trial_state(t._trial_id, TrialState.FAIL)
+                            study.enqueue_trial(t.params)
+                        log.info("Trial %d was interrupted: its parameters run again", t.number)
+                self.n_trials = max(0, total - finished)
+                log.info("Continuing study %s: %d of %d trials finished, %d to go", self.study_name, finished,
+                         total, self.n_trials)
+            try:
+                super().sweep(arguments)
+            except ValueError as err:  # optuna's best_trial when no trial completed
+                raise RuntimeError(f"no trial of the sweep in {self.sweep_dir} completed: see the jobs' train.log "
+                                   "files there and sweep_summary.md") from err
+
+    return ResumableOptunaSweeperImpl
+
+
+def _sweeper_base():
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as Base
+
+    return Base
+
+
+class OptunaSweeper(_sweeper_base()):
+    """``hydra/sweeper`` target of ``hparams_search=optuna``: hydra-optuna-sweeper, resumable."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # the base's __init__ only builds its implementation
+        self.sweeper = _optuna_impl()(*args, **kwargs)
+
+
+def register_plugins() -> None:
+    """Register speedtrain's Hydra plugins (``hydra_plugins.speedtrain_plugins``) with Hydra.
+
+    Hydra finds plugins by scanning the ``hydra_plugins`` namespace package, which misses them in an editable
+    install of speedtrain (its package-dir mapping installs an import hook, not a path): ``train.py`` calls this.
+    """
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.speedtrain_plugins import LocalLauncher, OptunaSweeper, SlurmLauncher
+
+    for plugin in (OptunaSweeper, SlurmLauncher, LocalLauncher):
+        Plugins.instance().register(plugin)

@@ -1,0 +1,41 @@
+"""Callbacks that interrupt a training process the way a cluster does: the resume, sweep and SLURM tests' crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+_SEEN: dict[str, int] = {}  # per marker: how often this process reached the crash point (sweep jobs share it)
+
+
+class KillOnce(pl.Callback):
+    """Before batch ``batch`` of epoch ``epoch``: send ``signals`` (names, e.g. ``[SIGUSR1, SIGKILL]``) to this
+    process, unless ``marker`` exists (then it is the resumed run, which trains on). The marker is written first.
+
+    Args:
+        skip: let the first ``skip`` arrivals at that point in this process pass (the n-th job of a sweep crashes).
+    """
+
+    def __init__(self, epoch: int, batch: int, marker: str, skip: int = 0, signals: list[str] | None = None) -> None:
+        self.epoch, self.batch, self.marker, self.skip = epoch, batch, Path(marker), skip
+        self.signals = list(signals or ["SIGKILL"])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch != self.epoch or batch_idx != self.batch or self.marker.exists():
+            return
+        _SEEN[str(self.marker)] = seen = _SEEN.get(str(self.marker), 0) + 1
+        if seen <= self.skip:
+            return
+        self.marker.write_text(f"interrupted at epoch {self.epoch} batch {self.batch}\n")
+        for name in self.signals:
+            os.kill(os.getpid(), getattr(signal, name))
+
+
+def crash_overrides(marker: Path, epoch: int = 1, batch: int = 2, skip: int = 0, signals: str = "[SIGKILL]") -> list[str]:
+    """The command-line overrides that add :class:`KillOnce` to a run."""
+    return ["+callbacks.crash._target_=tests.crash.KillOnce", f"+callbacks.crash.epoch={epoch}",
+            f"+callbacks.crash.batch={batch}", f"+callbacks.crash.marker={marker}", f"+callbacks.crash.skip={skip}",
+            f"+callbacks.crash.signals={signals}"]

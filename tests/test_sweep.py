@@ -1,0 +1,64 @@
+"""Hydra multiruns: plain value lists with DDP jobs, and the resumable Optuna sweep with its summary."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from tests.conftest import TINY
+from tests.crash import crash_overrides
+from tests.test_train import _cli
+
+DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+
+
+def test_multirun_of_ddp_jobs_runs_each_job_once_with_one_wandb_run(tmp_path):
+    """Lightning re-launches train.py for rank 1: inside a multirun that must run this job, not the sweep."""
+    done = _cli("-m", "+experiment=baseline", *TINY, *DDP_CPU, "seed=1,2", "logger=wandb",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, env={"WANDB_MODE": "offline"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no stray outputs/ or multirun/ from rank 1
+    jobs = sorted(p.parent for p in (tmp_path / "sweep").glob("*/metrics.json"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    for job, seed in zip(jobs, (1, 2)):
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["seed"] == seed and metrics["global_step"] == 8  # 4 batches per rank per epoch, 2 epochs
+        (run_file,) = job.glob("wandb/offline-run-*/run-*.wandb")  # one W&B run per job: rank 0's
+        assert run_file.name == f"run-{json.loads((job / 'wandb_run.json').read_text())['id']}.wandb"
+    summary = pd.read_csv(tmp_path / "sweep" / "sweep_summary.csv")
+    assert list(summary["status"]) == ["complete", "complete"] and set(summary["seed"]) == {1, 2}
+    assert summary["val/acc"].is_monotonic_decreasing
+
+
+def _optuna(tmp_path, *extra):
+    return _cli("-m", "+experiment=baseline", "hparams_search=optuna_baseline", *TINY, "hydra.sweeper.n_trials=3",
+                "model.hidden_size=choice(32,64)", f"hydra.sweep.dir={tmp_path / 'sweep'}", *extra, cwd=tmp_path)
+
+
+def test_optuna_sweep_returns_the_best_and_an_interrupted_sweep_continues(tmp_path):
+    sweep = tmp_path / "sweep"
+    # the sweep process is killed (SIGKILL) in the middle of its second trial
+    crash = crash_overrides(tmp_path / "killed", epoch=1, batch=1, skip=1)
+    killed = _optuna(tmp_path, *crash)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (sweep / "0" / "metrics.json").is_file() and not (sweep / "1" / "metrics.json").exists()
+    first = (sweep / "0" / "metrics.json").stat().st_mtime_ns
+    interrupted = OmegaConf.load(sweep / "1" / ".hydra" / "overrides.yaml")
+
+    done = _optuna(tmp_path, *crash)  # the same command again (the crash marker now exists)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == first  # the finished trial is not run again
+    complete = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    assert complete == ["0", "2", "3"]  # 3 trials in all; job 1 was cut off, its parameters ran again as job 2
+    assert OmegaConf.load(sweep / "2" / ".hydra" / "overrides.yaml")[:2] == interrupted[:2]
+    values = {job: json.loads((sweep / job / "metrics.json").read_text())["val/acc"] for job in complete}
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.best_value == max(values.values())
+    summary = pd.read_csv(sweep / "sweep_summary.csv")
+    ranked = summary[summary["status"] == "complete"]
+    assert list(ranked["val/acc"]) == sorted(values.values(), reverse=True) and list(summary["rank"]) == [1, 2, 3, 4]
+    assert summary.set_index(summary["job"].astype(str)).loc["1", "status"] == "failed"
+    assert {"module.optimizer.lr", "model.hidden_size"} <= set(summary.columns)
+    assert (sweep / "sweep_summary.md").read_text().startswith(f"# Sweep {sweep}")
