@@ -25,12 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 
-def write_summary(sweep_dir: str | Path, objective: str = "val/acc") -> Path | None:
+def write_summary(sweep_dir: str | Path, objective: str = "val/acc", swept: set[str] | None = None) -> Path | None:
     """Rank the jobs in ``sweep_dir`` by ``objective`` into ``sweep_summary.csv`` and ``sweep_summary.md``.
 
     A job is a sub-folder with ``.hydra/overrides.yaml``; one without ``metrics.json`` is listed as failed (or
-    still running). Columns: rank, job, status, the objective, test/acc when tested, the overrides that differ
-    between jobs. Returns the csv's path (None when the folder holds no job yet).
+    still running). Columns: rank, job, status, the objective, test/acc when tested, the ``swept`` keys and the
+    overrides that differ between jobs. Returns the csv's path (None when the folder holds no job yet).
     """
     import pandas as pd
 
@@ -46,7 +46,8 @@ def write_summary(sweep_dir: str | Path, objective: str = "val/acc") -> Path | N
     if not rows:
         return None
     table = pd.DataFrame(rows)
-    fixed = [c for c in table.columns[4:] if table[c].nunique(dropna=False) <= 1 and len(table) > 1]
+    fixed = [c for c in table.columns[4:]
+             if c not in (swept or ()) and table[c].nunique(dropna=False) <= 1 and len(table) > 1]
     table = table.drop(columns=fixed)
     descending = "loss" not in objective
     table = table.sort_values(objective, ascending=not descending, na_position="last", kind="stable")
@@ -72,11 +73,22 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def swept_keys(config: DictConfig) -> set[str]:
+    """The keys a multirun varies: the sweeper's ``params`` and the command line's value lists / sweeps."""
+    keys = set((OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}).keys())
+    for override in OmegaConf.select(config, "hydra.overrides.task", default=None) or []:
+        key, _, value = str(override).partition("=")
+        if "," in value or "(" in value:
+            keys.add(key)
+    return keys
+
+
 class SweepSummary(Callback):
     """Hydra callback: write the sweep summary when a multirun ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        path = write_summary(config.hydra.sweep.dir, OmegaConf.select(config, "objective", default="val/acc"))
+        path = write_summary(config.hydra.sweep.dir, OmegaConf.select(config, "objective", default="val/acc"),
+                             swept_keys(config))
         if path is not None:
             log.info("Sweep summary: %s (and .md)", path)
 
@@ -91,12 +103,13 @@ def _optuna_impl():
             super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
             launch = self.launcher.launch
             objective = OmegaConf.select(config, "objective", default="val/acc")
+            logging.getLogger("alembic").setLevel(logging.WARNING)  # optuna's sqlite migrations: noise
 
             def launch_and_summarise(job_overrides, initial_job_idx):
                 try:
                     return launch(job_overrides, initial_job_idx=initial_job_idx)
                 finally:
-                    write_summary(self.sweep_dir, objective)
+                    write_summary(self.sweep_dir, objective, swept_keys(config))
 
             self.launcher.launch = launch_and_summarise
 
@@ -119,6 +132,7 @@ def _optuna_impl():
                             study.enqueue_trial(t.params)
                         log.info("Trial %d was interrupted: its parameters run again", t.number)
                 self.n_trials = max(0, total - finished)
+                self._reseed(len(trials))
                 log.info("Continuing study %s: %d of %d trials finished, %d to go", self.study_name, finished,
                          total, self.n_trials)
             try:
@@ -126,6 +140,18 @@ def _optuna_impl():
             except ValueError as err:  # optuna's best_trial when no trial completed
                 raise RuntimeError(f"no trial of the sweep in {self.sweep_dir} completed: see the jobs' train.log "
                                    "files there and sweep_summary.md") from err
+
+        def _reseed(self, n_trials_before: int) -> None:
+            """A seeded sampler re-created for a continued study would replay the first launch's random draws
+            (the same parameters again): move its random state on by the number of trials already in the study."""
+            import numpy as np
+
+            seed = OmegaConf.select(self.config, "hydra.sweeper.sampler.seed", default=None)
+            if seed is None:
+                return
+            for sampler in (self.sampler, getattr(self.sampler, "_random_sampler", None)):
+                if sampler is not None and hasattr(sampler, "_rng"):
+                    sampler._rng = np.random.RandomState((int(seed) + 1_000_003 * n_trials_before) % 2**32)
 
     return ResumableOptunaSweeperImpl
 
