@@ -13,7 +13,9 @@ from omegaconf import OmegaConf
 from speedtrain.config import compose_config, config_dir
 from tests.conftest import REPO
 
-GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir() and not p.name.startswith("_"))
+# conf/sweep holds W&B sweep files and conf/hydra Hydra's own groups (hydra/launcher): not groups of the job config
+GROUPS = sorted(p.name for p in config_dir().iterdir()
+                if p.is_dir() and not p.name.startswith("_") and p.name not in ("sweep", "hydra"))
 CHOICES = [
     (group, f.stem)
     for group in GROUPS

@@ -78,9 +78,12 @@ def _run_id(output_dir: Path, node: DictConfig, offline: bool) -> str:
     path = output_dir / RUN_FILE
     if path.is_file():
         return json.loads(path.read_text())["id"]
-    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's id format
+    # a W&B sweep agent names the run itself (and wandb ignores any other id then)
+    run_id = os.environ.get("WANDB_RUN_ID") or "".join(
+        secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's id format
+    offline = offline or os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled")
     info = {"id": run_id, "project": node.get("project"), "entity": node.get("entity"),
-            "mode": "offline" if offline else "online"}
+            "mode": "offline" if offline else "online", "sweep": os.environ.get("WANDB_SWEEP_ID")}
     path.write_text(json.dumps(info, indent=2) + "\n")
     return run_id
 

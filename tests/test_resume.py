@@ -1,0 +1,103 @@
+"""Crash-safe runs: SIGKILL mid-epoch then resume gives the uninterrupted run's result, the W&B run continues,
+and SLURM's requeue signal saves a checkpoint, requeues the job and the requeued job resumes in the same folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+
+import pytest
+import torch
+
+import train
+from tests.conftest import TINY
+from tests.crash import crash_overrides
+from tests.test_train import _cli
+
+# 3 epochs of 4 batches at a learning rate that moves the weights: any change in the steps shows in them
+RUN = ["+experiment=baseline", *TINY, "trainer.max_epochs=3", "module.optimizer.lr=1e-2"]
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_killed_mid_epoch_then_resumed_equals_the_uninterrupted_run(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = _cli(*RUN, f"hydra.run.dir={straight}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    crashed = _cli(*RUN, "logger=wandb", f"hydra.run.dir={killed}", *crash_overrides(tmp_path / "marker"),
+                   cwd=tmp_path, env={"WANDB_MODE": "offline"})
+    assert crashed.returncode == -9  # SIGKILL in epoch 1, batch 2
+    assert not (killed / "metrics.json").exists() and (killed / "checkpoints" / "last.ckpt").is_file()
+    run_id = json.loads((killed / "wandb_run.json").read_text())["id"]
+
+    resumed = _cli(f"resume={killed}", cwd=tmp_path, env={"WANDB_MODE": "offline"})  # nothing else on the line
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, killed))
+    assert b["resumed_from"] == str(killed / "checkpoints" / "last.ckpt") and a["resumed_from"] is None
+    for key in ("val/acc", "val/loss", "test/acc", "test/loss", "global_step", "epochs"):
+        assert a[key] == b[key], key
+    wa, wb = _weights(straight), _weights(killed)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bit-identical weights after the last step
+    # the same W&B run, continued: both starts wrote into run <id>
+    starts = sorted(killed.glob("wandb/offline-run-*"))
+    assert len(starts) == 2 and all(s.name.endswith(run_id) for s in starts)
+    assert json.loads((killed / "wandb_run.json").read_text())["id"] == run_id
+    # the config it was started with stays in .hydra/; the resumed start's own is beside it
+    assert "logger: wandb" in (killed / ".hydra" / "hydra.yaml").read_text()
+    assert (killed / ".hydra" / "resumed" / "overrides.yaml").read_text().strip() == f"- resume={killed}"
+
+
+def _fake_slurm(tmp_path, job_id="4242"):
+    """SLURM's variables for a 1-task batch job, and an ``scontrol`` on PATH that records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": job_id, "SLURM_NTASKS": "1",
+            "SLURM_JOB_NAME": "speedtrain", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+            "SLURM_NODELIST": "localhost"}
+
+
+def test_slurm_requeue_signal_saves_requeues_and_the_job_resumes_in_its_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    env = _fake_slurm(tmp_path)
+    # SLURM sends SIGUSR1 before the time limit (#SBATCH --signal=SIGUSR1@90), then kills the job
+    first = _cli(*RUN, f"hydra.run.dir={run_dir}", *crash_overrides(tmp_path / "marker", signals="[SIGUSR1,SIGKILL]"),
+                 cwd=tmp_path, env=env)
+    assert first.returncode == -9, first.stderr[-3000:]
+    assert (run_dir / "hpc_ckpt_1.ckpt").is_file()  # Lightning's SLURM environment saved the state mid-epoch
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)
+    assert hpc["global_step"] == 6  # epoch 1, batch 2 of 4
+
+    requeued = _cli(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path, env=env)  # the same job, started again
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from"] == str(run_dir / "hpc_ckpt_1.ckpt") and metrics["epochs"] == 3
+
+
+@pytest.mark.parametrize("case", ["no_run", "no_checkpoint", "group_override"])
+def test_resume_bad_input_one_message_exit_2(case, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    if case == "group_override":
+        (run_dir / "checkpoints").mkdir()
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+        (run_dir / ".hydra" / "config.yaml").write_text("seed: 1\nmodel:\n  hidden_size: 32\n")
+    target = tmp_path / "nowhere" if case == "no_run" else run_dir
+    extra = ["model=bert_mini"] if case == "group_override" else []
+    monkeypatch.setattr(sys, "argv", ["train.py", f"resume={target}", *extra])
+    with pytest.raises(SystemExit) as exit_info:
+        train.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("speedtrain: error:") == 1, err
+    expected = {"no_run": "no run there", "no_checkpoint": "saved no checkpoint yet",
+                "group_override": "model=bert_mini: only values can change when resuming"}[case]
+    assert expected in err and "Traceback" not in err
