@@ -1,5 +1,6 @@
-"""Crash-safe runs: SIGKILL mid-epoch then resume gives the uninterrupted run's result, the W&B run continues,
-and SLURM's requeue signal saves a checkpoint, requeues the job and the requeued job resumes in the same folder."""
+"""Crash-safe runs: SIGKILL mid-epoch then resume gives the uninterrupted run's result, the W&B run continues (and
+holds the config, metrics, system stats, confusion matrix, benchmark table and bundle), and SLURM's requeue signal
+saves a checkpoint, requeues the job and the requeued job resumes in the same folder."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import stat
 import sys
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 import train
-from tests.conftest import TINY
+from tests.conftest import EXPORT_TINY, TINY
 from tests.crash import crash_overrides
 from tests.test_train import _cli
+from tests.wandb_records import summarize
 
 # 3 epochs of 4 batches at a learning rate that moves the weights: any change in the steps shows in them
 RUN = ["+experiment=baseline", *TINY, "trainer.max_epochs=3", "module.optimizer.lr=1e-2"]
@@ -24,18 +27,23 @@ def _weights(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
 
-def test_killed_mid_epoch_then_resumed_equals_the_uninterrupted_run(tmp_path):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    done = _cli(*RUN, f"hydra.run.dir={straight}", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_killed_mid_epoch_then_resumed_equals_the_uninterrupted_run(make_cfg, tmp_path):
+    from speedtrain.pipeline import run
 
-    crashed = _cli(*RUN, "logger=wandb", f"hydra.run.dir={killed}", *crash_overrides(tmp_path / "marker"),
-                   cwd=tmp_path, env={"WANDB_MODE": "offline"})
+    straight, killed = tmp_path / "run", tmp_path / "killed"
+    run(make_cfg(*RUN))  # uninterrupted, in this process
+    home = tmp_path / "home"
+    home.mkdir()
+    # W&B offline without credentials; the bundle (one variant) becomes an artifact
+    env = {"HOME": str(home), "WANDB_MODE": "", "WANDB_API_KEY": "", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    wandb_export = ["logger=wandb", *EXPORT_TINY, "export.variants=[onnx]", "export.teacher=false"]
+    crashed = _cli(*RUN, *wandb_export, f"hydra.run.dir={killed}", *crash_overrides(tmp_path / "marker"),
+                   cwd=tmp_path, env=env)
     assert crashed.returncode == -9  # SIGKILL in epoch 1, batch 2
     assert not (killed / "metrics.json").exists() and (killed / "checkpoints" / "last.ckpt").is_file()
     run_id = json.loads((killed / "wandb_run.json").read_text())["id"]
 
-    resumed = _cli(f"resume={killed}", cwd=tmp_path, env={"WANDB_MODE": "offline"})  # nothing else on the line
+    resumed = _cli(f"resume={killed}", cwd=tmp_path, env=env)  # nothing else on the line
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, killed))
     assert b["resumed_from"] == str(killed / "checkpoints" / "last.ckpt") and a["resumed_from"] is None
@@ -43,13 +51,24 @@ def test_killed_mid_epoch_then_resumed_equals_the_uninterrupted_run(tmp_path):
         assert a[key] == b[key], key
     wa, wb = _weights(straight), _weights(killed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bit-identical weights after the last step
-    # the same W&B run, continued: both starts wrote into run <id>
-    starts = sorted(killed.glob("wandb/offline-run-*"))
-    assert len(starts) == 2 and all(s.name.endswith(run_id) for s in starts)
-    assert json.loads((killed / "wandb_run.json").read_text())["id"] == run_id
     # the config it was started with stays in .hydra/; the resumed start's own is beside it
     assert "logger: wandb" in (killed / ".hydra" / "hydra.yaml").read_text()
     assert (killed / ".hydra" / "resumed" / "overrides.yaml").read_text().strip() == f"- resume={killed}"
+
+    # the same W&B run, continued: both starts wrote into run <id>
+    starts = sorted(killed.glob("wandb/offline-run-*"))
+    assert len(starts) == 2 and all(s.name.endswith(run_id) for s in starts)
+    saved = json.loads((killed / "wandb_run.json").read_text())
+    assert saved["id"] == run_id and saved["mode"] == "offline"
+    w = summarize(starts[-1] / f"run-{run_id}.wandb")  # what the resumed start logged
+    assert w["run_id"] == run_id and w["group"] == "baseline"
+    assert w["config"]["model"]["hidden_size"] == 32 and w["config"]["trainer"]["max_epochs"] == 3  # resolved config
+    assert {"train/acc", "val/acc", "test/acc", "bench/fast/p50_ms", "epoch"} <= w["history_keys"]
+    assert w["stats"] >= 1  # system metrics
+    artifacts = dict(w["artifacts"])
+    assert artifacts[f"bundle-{run_id}"] == "model"  # the bundle
+    assert any("confusion_matrix" in name for name in artifacts) and any("benchtable" in name for name in artifacts)
+    assert list(home.rglob("*")) == []  # nothing under $HOME
 
 
 def _fake_slurm(tmp_path, job_id="4242"):
@@ -101,3 +120,32 @@ def test_resume_bad_input_one_message_exit_2(case, tmp_path, monkeypatch, capsys
     expected = {"no_run": "no run there", "no_checkpoint": "saved no checkpoint yet",
                 "group_override": "model=bert_mini: only values can change when resuming"}[case]
     assert expected in err and "Traceback" not in err
+
+
+class Preempt(pl.Callback):
+    """What submitit does on SLURM's USR2 before a time limit: ask the launcher for a checkpoint (then requeue)."""
+
+    submissions: list = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == 1 and batch_idx == 1 and not Preempt.submissions:
+            from speedtrain.launcher import SlurmLauncher
+
+            Preempt.submissions.append(SlurmLauncher().checkpoint("job-args"))
+
+
+def test_submitit_requeue_saves_the_running_fit(make_cfg, tmp_path):
+    from submitit.helpers import DelayedSubmission
+
+    from speedtrain.pipeline import run
+    from speedtrain.resume import resume_checkpoint
+
+    Preempt.submissions.clear()
+    run(make_cfg("+experiment=baseline", "+callbacks.preempt._target_=tests.test_resume.Preempt"))
+    (delayed,) = Preempt.submissions
+    assert isinstance(delayed, DelayedSubmission) and delayed.args == ("job-args",)  # the same job, requeued
+    saved = tmp_path / "run" / "hpc_ckpt_1.ckpt"
+    assert torch.load(saved, map_location="cpu", weights_only=False)["global_step"] == 5  # epoch 1, batch 1
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").touch()
+    saved.touch()  # newest: the requeued job resumes from it
+    assert resume_checkpoint(tmp_path / "run") == saved

@@ -1,4 +1,5 @@
-"""train.py as users run it: Hydra's flags, a real run folder, W&B offline, and bad input (multirun and DDP: test_sweep.py)."""
+"""train.py as users run it: Hydra's flags, a real run folder and bad input (multirun and DDP: test_sweep.py; W&B
+offline: test_resume.py)."""
 
 from __future__ import annotations
 
@@ -39,29 +40,6 @@ def test_run_folder_layout(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["objective"] == "val/acc" and "test/acc" in metrics
     assert "test/acc" in done.stdout  # the summary table
-
-
-def test_wandb_offline_run_holds_config_metrics_stats_and_artifacts(tmp_path):
-    from tests.wandb_records import summarize
-
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {"HOME": str(home), "WANDB_MODE": "", "WANDB_API_KEY": "", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    export = [*EXPORT_TINY, "export.variants=[onnx]", "export.teacher=false"]  # the bundle becomes an artifact
-    done = _cli("+experiment=baseline", *TINY, *export, "logger=wandb", "logger.wandb.tags=[smoke]",
-                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run_file,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
-    saved = json.loads((tmp_path / "run" / "wandb_run.json").read_text())
-    run = summarize(run_file)
-    assert run["run_id"] == saved["id"] and saved["mode"] == "offline" and run["group"] == "baseline"
-    assert run["config"]["model"]["hidden_size"] == 32 and run["config"]["task_name"] == "baseline"  # resolved config
-    assert {"train/loss", "val/acc", "test/acc", "bench/fast/p50_ms", "epoch"} <= run["history_keys"]
-    assert run["stats"] >= 1  # system metrics
-    artifacts = dict(run["artifacts"])
-    assert artifacts[f"bundle-{saved['id']}"] == "model"  # the bundle
-    assert any("confusion_matrix" in name for name in artifacts) and any("benchtable" in name for name in artifacts)
-    assert list(home.rglob("*")) == []  # nothing under $HOME
 
 
 # Bad input: one clear line naming the value, exit code 2, no traceback. Run in-process through train.main.

@@ -61,6 +61,9 @@ def _train(overrides: list[str]) -> int:
 
     from speedtrain.config import config_dir
     from speedtrain.errors import exit_on_user_error
+    from speedtrain.sweep import register_plugins
+
+    register_plugins()  # hparams_search=optuna, hydra/launcher=slurm|local
 
     def task(cfg: DictConfig) -> float | None:
         from speedtrain.pipeline import run
