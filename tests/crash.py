@@ -17,11 +17,12 @@ class KillOnce(pl.Callback):
 
     Args:
         skip: let the first ``skip`` arrivals at that point in this process pass (the n-th job of a sweep crashes).
+        signals: ``[]`` raises :class:`Crash` instead (a run that fails inside this process).
     """
 
     def __init__(self, epoch: int, batch: int, marker: str, skip: int = 0, signals: list[str] | None = None) -> None:
         self.epoch, self.batch, self.marker, self.skip = epoch, batch, Path(marker), skip
-        self.signals = list(signals or ["SIGKILL"])
+        self.signals = list(signals) if signals is not None else ["SIGKILL"]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if trainer.current_epoch != self.epoch or batch_idx != self.batch or self.marker.exists():
@@ -32,6 +33,12 @@ class KillOnce(pl.Callback):
         self.marker.write_text(f"interrupted at epoch {self.epoch} batch {self.batch}\n")
         for name in self.signals:
             os.kill(os.getpid(), getattr(signal, name))
+        if not self.signals:
+            raise Crash(f"crashed at epoch {self.epoch} batch {self.batch}")
+
+
+class Crash(RuntimeError):
+    """The failure :class:`KillOnce` raises when it sends no signal."""
 
 
 def crash_overrides(marker: Path, epoch: int = 1, batch: int = 2, skip: int = 0, signals: str = "[SIGKILL]") -> list[str]:

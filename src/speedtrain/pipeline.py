@@ -96,7 +96,10 @@ def ensure_teacher(cfg: DictConfig, datamodule: TextDataModule) -> tuple[str, di
     metrics = fit_and_evaluate(teacher_cfg, teacher_data, started, timings, stage="teacher",
                                store_teacher_as=key if t.get("cache", True) else None)
     log.info("Stage 2/2: distilling the teacher into the student")
-    folder = cached_teacher(cfg.paths.cache_dir, key) or Path(teacher_cfg.paths.output_dir) / "model"
+    cached = cached_teacher(cfg.paths.cache_dir, key)
+    if cached is not None:  # stage 1 is done for good: its resume checkpoint (weights + optimizer) can go
+        (Path(teacher_cfg.paths.output_dir) / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
+    folder = cached or Path(teacher_cfg.paths.output_dir) / "model"
     return str(folder), {"teacher/cached": False, "teacher/key": key, "teacher/source": t.source,
                          "teacher/fit_s": metrics["timings"]["total_s"]}
 

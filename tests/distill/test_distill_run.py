@@ -87,6 +87,24 @@ def test_stage1_fine_tunes_the_teacher_once_and_caches_it(make_cfg, tmp_path, ti
     assert other["teacher/cached"] is False and other["teacher/key"] != first["teacher/key"]
 
 
+def test_an_interrupted_stage1_resumes_from_its_checkpoint(make_cfg, tmp_path, tiny_teacher_dir):
+    """A run that fails in the middle of the teacher's fine-tuning continues it when started again in its folder."""
+    from tests.crash import Crash, crash_overrides
+
+    out = tmp_path / "run"
+    overrides = [*DISTILL_TINY, f"teacher.source={tiny_teacher_dir}", "teacher.max_length=24", "teacher.lr=2e-3",
+                 f"paths.output_dir={out}", *crash_overrides(tmp_path / "marker", epoch=1, batch=1, signals="[]")]
+    with pytest.raises(Crash):
+        run(make_cfg(*overrides))  # stage 1 fails in its second epoch
+    assert (out / "teacher" / "checkpoints" / "last.ckpt").is_file() and not (out / "metrics.json").exists()
+    run(make_cfg(*overrides))  # the same run again
+    stage1 = json.loads((out / "teacher" / "metrics.json").read_text())
+    assert stage1["resumed_from"] == str(out / "teacher" / "checkpoints" / "last.ckpt")
+    assert stage1["epochs"] == make_cfg(*overrides).teacher.epochs
+    assert json.loads((out / "metrics.json").read_text())["teacher/cached"] is False
+    assert not (out / "teacher" / "checkpoints" / "last.ckpt").exists()  # the teacher is cached: no longer needed
+
+
 def test_teacher_experiment_fills_the_cache_that_distill_reads(make_cfg, tmp_path, tiny_teacher_dir, isolated_cache):
     # TINY_RUN's trainer.max_epochs=2 wins over +experiment=teacher's ${teacher.epochs}: the key sees 2 epochs
     common = [f"teacher.source={tiny_teacher_dir}", "teacher.max_length=24", "teacher.lr=2e-3", "teacher.epochs=2"]

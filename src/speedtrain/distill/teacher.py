@@ -55,10 +55,10 @@ def teacher_run_config(cfg: DictConfig, output_dir: str | Path) -> DictConfig:
         if wandb is not None:  # one W&B run per distillation run: stage 1 logs into it with the prefix "teacher"
             wandb.save_dir = cfg.paths.output_dir
         new.paths.output_dir = str(output_dir)
-        (new.get("callbacks") or {}).pop("last_checkpoint", None)  # stage 1 starts again when interrupted
         checkpoint = new.get("callbacks", {}).get("model_checkpoint")
         if checkpoint is not None:  # the teacher goes to the cache as a HF folder: keep one small checkpoint
             checkpoint.save_last, checkpoint.save_weights_only = False, True
+        # callbacks.last_checkpoint stays: an interrupted stage 1 resumes from <run>/teacher/checkpoints/last.ckpt
     return new
 
 
