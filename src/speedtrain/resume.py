@@ -29,7 +29,7 @@ _ACTIVE: list[weakref.ref] = []  # the Trainer fitting in this process (for save
 def resume_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The newest checkpoint to continue the run in ``output_dir`` from, or None for a fresh run."""
     output_dir = Path(output_dir)
-    found = [p for p in output_dir.glob("hpc_ckpt_*.ckpt")]
+    found = list(output_dir.glob("hpc_ckpt_*.ckpt"))
     last = output_dir / "checkpoints" / "last.ckpt"  # a file, or a folder for DeepSpeed
     if last.exists():
         found.append(last)
@@ -46,7 +46,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     if not saved.is_file():
         raise UserError(f"resume={run_dir}: no run there ({saved} is missing); pass the folder of a run, "
                         "e.g. resume=outputs/2026-11-28/12-00-00")
-    if resume_checkpoint(run_dir) is None:
+    if resume_checkpoint(run_dir) is None and resume_checkpoint(Path(run_dir) / "teacher") is None:  # stage 1's
         raise UserError(f"resume={run_dir}: the run saved no checkpoint yet ({Path(run_dir) / 'checkpoints'} has no "
                         "last.ckpt); start it again without resume=")
     new = OmegaConf.load(saved)
