@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
 from speedtrain.bench.latency import BenchOptions
-from speedtrain.callbacks.export_bench import ExportAndBenchmark
+from speedtrain.callbacks.export_bench import ExportAndBenchmark, best_student
 from speedtrain.data.datamodule import TextDataModule
 from speedtrain.distill.teacher import (
     attach_teacher,
@@ -29,12 +29,19 @@ from speedtrain.distill.teacher import (
 )
 from speedtrain.errors import UserError
 from speedtrain.export.build import ExportOptions
-from speedtrain.launcher import prepare_ddp_relaunch
-from speedtrain.loggers import build_loggers, finish_wandb, log_confusion_matrix
+from speedtrain.loggers import finish_wandb, log_confusion_matrix
 from speedtrain.models.student import count_parameters
 from speedtrain.models.teacher import load_tokenizer, resolve_source
 from speedtrain.resume import resume_checkpoint, resumed_config, track_trainer
 from speedtrain.summary import print_summary
+from speedtrain.trainer import (
+    batch_plan,
+    build_trainer,
+    check_trainer,
+    is_deepspeed,
+    scaled_module_config,
+    speed_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +128,14 @@ def fit_and_evaluate(
     if distill:  # the student learns from a fine-tuned teacher
         teacher_metrics, extra = prepare_distillation(cfg, datamodule, **distill)
         timings["teacher_s"] = time.perf_counter() - started - timings["data_s"]  # stage 1 and the teacher outputs
-    pl.seed_everything(cfg.seed, workers=True)  # the same student whether or not stage 1 ran before
-    model = build_model(cfg, datamodule)
-    module = instantiate(cfg.module, model=model, num_labels=datamodule.num_labels, **extra)
     exporter = None if stage else build_exporter(cfg, datamodule, distill, teacher_metrics)
     trainer = build_trainer(cfg, prefix=stage, extra_callbacks=[exporter] if exporter else [])
+    plan = batch_plan(cfg, trainer)  # the global batch and the learning rate scaled to it
+    speed = speed_options(cfg)
+    pl.seed_everything(cfg.seed, workers=True)  # the same student whether or not stage 1 ran before
+    model = build_model(cfg, datamodule)
+    module = instantiate(scaled_module_config(cfg, plan), model=model, num_labels=datamodule.num_labels,
+                         compile=speed["compile"], fused_optimizer=speed["fused_optimizer"], **extra)
 
     resume = resume_checkpoint(cfg.paths.output_dir)
     if resume is not None:
@@ -145,6 +155,7 @@ def fit_and_evaluate(
         global_step=trainer.global_step,
         seed=cfg.seed,
         params=count_parameters(model),
+        batch=plan,
         data={split: len(ds) for split, ds in datamodule.splits.items()}
         | {"num_labels": datamodule.num_labels, "vocab_size": len(datamodule.tokenizer)},
         timings={**timings, "fit_s": fit_s, "total_s": time.perf_counter() - started},
@@ -159,7 +170,9 @@ def fit_and_evaluate(
     if trainer.is_global_zero:  # under DDP every rank has the metrics; one writes them
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(output_dir / "model")  # the best checkpoint's weights: _evaluate loaded them
+        # the best checkpoint's weights (_evaluate loaded them); DeepSpeed's, consolidated to fp32 first
+        saved = best_student(model, trainer) if is_deepspeed(trainer) else model
+        saved.save_pretrained(output_dir / "model")
         datamodule.tokenizer.save_pretrained(output_dir / "model")
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if store_teacher_as:
@@ -214,23 +227,6 @@ def build_model(cfg: DictConfig, datamodule: TextDataModule):
         pad_token_id=datamodule.tokenizer.pad_token_id,
         id2label=dict(enumerate(datamodule.label_names)),
     )
-
-
-def build_trainer(cfg: DictConfig, prefix: str = "", extra_callbacks: list | None = None) -> pl.Trainer:
-    """The Lightning Trainer of ``cfg.trainer`` with the configured callbacks and loggers.
-
-    Args:
-        prefix: logged metric names start with it (stage 1's ``teacher``), and the config is not logged: the
-            distillation run that follows logs its own.
-        extra_callbacks: built by the pipeline (the export callback).
-    """
-    prepare_ddp_relaunch()  # in a multirun, DDP's extra ranks run this job, not the sweep
-    loggers = build_loggers(cfg.get("logger"), cfg.paths.output_dir, prefix=prefix)
-    callbacks = build_callbacks(cfg) + list(extra_callbacks or [])
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for logger in loggers if not prefix else []:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    return trainer
 
 
 def export_options(cfg: DictConfig) -> ExportOptions | None:
@@ -293,14 +289,9 @@ def build_datamodule(cfg: DictConfig) -> TextDataModule:
         split_seed=d.split_seed,
         group_by_length=d.get("group_by_length", False),
         seed=cfg.seed,
+        on_device=speed_options(cfg)["data_on_device"],
+        length_buckets=speed_options(cfg)["length_buckets"],
     )
-
-
-def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    """``cfg.callbacks``, without the progress bar when ``trainer.enable_progress_bar=false``."""
-    bar = cfg.trainer.get("enable_progress_bar", True)
-    nodes = (cfg.get("callbacks") or {}).values()
-    return [instantiate(n) for n in nodes if n is not None and (bar or "ProgressBar" not in n.get("_target_", ""))]
 
 
 def apply_debug(cfg: DictConfig) -> DictConfig:
@@ -312,6 +303,7 @@ def apply_debug(cfg: DictConfig) -> DictConfig:
 
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail deep inside a library, naming the value and the fix."""
+    check_trainer(cfg)  # a GPU or DeepSpeed trainer on a machine without CUDA fails here, before any work
     missing = sorted(_missing_keys(cfg))
     if missing:
         example = " ".join(f"{k}=<value>" for k in missing)

@@ -19,6 +19,7 @@ rank): the run logs its confusion matrix.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 
@@ -40,6 +41,10 @@ class ClassifierModule(pl.LightningModule):
         scheduler: ``partial`` of ``transformers.get_scheduler`` (or None), completed with the optimizer,
             ``num_warmup_steps`` and ``num_training_steps``; stepped every optimizer step.
         warmup_ratio: fraction of the optimizer steps spent warming the learning rate up.
+        compile: on a CUDA device, ``torch.compile`` the model's training forward with this mode (``default``,
+            ``reduce-overhead``: CUDA graphs, ...); False: eager. Evaluation stays eager (other shapes, no grad).
+        fused_optimizer: on a CUDA device, ask the optimizer for its fused kernel (``fused=True``); under
+            DeepSpeed with an offloaded optimizer the optimizer becomes DeepSpeed's CPU Adam.
     """
 
     def __init__(
@@ -49,17 +54,22 @@ class ClassifierModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         warmup_ratio: float = 0.1,
+        compile: str | bool = False,
+        fused_optimizer: bool = False,
     ) -> None:
         super().__init__()
         # from_pretrained returns eval mode and Lightning keeps the modes it finds: train mode turns dropout on
         self.model = model.train()
         self.optimizer_fn, self.scheduler_fn, self.warmup_ratio = optimizer, scheduler, warmup_ratio
+        self.compile_mode, self.fused_optimizer = ("default" if compile is True else compile), fused_optimizer
+        self._compiled: tuple = ()  # the compiled training forward (hidden: not a second copy in the state dict)
         self.loss_fn = nn.CrossEntropyLoss()
-        self.train_acc = MulticlassAccuracy(num_labels, average="micro")
-        self.val_acc = MulticlassAccuracy(num_labels, average="micro")
-        self.val_f1 = MulticlassF1Score(num_labels, average="macro")
-        self.test_acc = MulticlassAccuracy(num_labels, average="micro")
-        self.test_f1 = MulticlassF1Score(num_labels, average="macro")
+        # validate_args=False: the checks call torch.unique on every update, a GPU -> CPU sync per step
+        self.train_acc = MulticlassAccuracy(num_labels, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_labels, average="micro", validate_args=False)
+        self.val_f1 = MulticlassF1Score(num_labels, average="macro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_labels, average="micro", validate_args=False)
+        self.test_f1 = MulticlassF1Score(num_labels, average="macro", validate_args=False)
         self._last_step_time: float | None = None
         self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.test_predictions: tuple | None = None
@@ -68,8 +78,21 @@ class ClassifierModule(pl.LightningModule):
         """(B, T), (B, T) -> logits (B, C)."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
+    def train_forward(self, **inputs):
+        """The model's output for a training step: through ``torch.compile`` when asked for (CUDA only)."""
+        if self.compile_mode and self.device.type == "cuda" and not self._compiled:
+            import torch._dynamo
+
+            # one graph per (batch, length bucket) shape: a few buckets x the last batch of an epoch
+            config = torch._dynamo.config
+            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+            setattr(config, name, max(getattr(config, name), 64))
+            self._compiled = (torch.compile(self.model, mode=self.compile_mode, dynamic=False),)
+        model = self._compiled[0] if self._compiled else self.model
+        return model(**inputs)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits = self.train_forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = self.loss_fn(logits.float(), batch["labels"])
         self.train_acc(logits, batch["labels"])
         self.log("train/loss", loss, prog_bar=True)
@@ -103,9 +126,17 @@ class ClassifierModule(pl.LightningModule):
         labels = torch.cat([o[0] for o in self._test_outputs])
         predicted = torch.cat([o[1] for o in self._test_outputs])
         if self.trainer.world_size > 1:
-            labels, predicted = self.all_gather(labels).flatten(), self.all_gather(predicted).flatten()
+            labels, predicted = self._gather_uneven(labels), self._gather_uneven(predicted)
         self.test_predictions = (labels.cpu().numpy(), predicted.cpu().numpy())
         self._test_outputs = []
+
+    def _gather_uneven(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` (n,) of every rank concatenated, n may differ per rank (padded for the collective)."""
+        sizes = self.all_gather(torch.tensor([values.numel()], device=values.device)).flatten().tolist()
+        padded = torch.zeros(max(sizes), dtype=values.dtype, device=values.device)
+        padded[: values.numel()] = values
+        gathered = self.all_gather(padded).reshape(len(sizes), -1)
+        return torch.cat([row[:n] for row, n in zip(gathered, sizes)])
 
     def _eval_step(self, batch: Batch, stage: str, acc: MulticlassAccuracy, f1: MulticlassF1Score) -> None:
         logits = self(batch["input_ids"], batch["attention_mask"])
@@ -119,7 +150,11 @@ class ClassifierModule(pl.LightningModule):
         self.log(f"{stage}/f1", f1)
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer_fn(params=[p for p in self.parameters() if p.requires_grad])
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = offloaded_adam(self.trainer, self.optimizer_fn, params)
+        if optimizer is None:
+            fused = self.fused_optimizer and self.device.type == "cuda" and accepts(self.optimizer_fn, "fused")
+            optimizer = self.optimizer_fn(params=params, **({"fused": True} if fused else {}))
         if self.scheduler_fn is None:
             return {"optimizer": optimizer}
         total = int(self.trainer.estimated_stepping_batches)
@@ -127,3 +162,26 @@ class ClassifierModule(pl.LightningModule):
             optimizer=optimizer, num_warmup_steps=int(self.warmup_ratio * total), num_training_steps=total
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def accepts(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` (a ``functools.partial`` of a class, as Hydra builds it) takes the argument ``name``."""
+    target = getattr(fn, "func", fn)
+    try:
+        return name in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def offloaded_adam(trainer, optimizer_fn: Callable, params: list) -> torch.optim.Optimizer | None:
+    """DeepSpeed's CPU Adam(W) with ``optimizer_fn``'s settings when the trainer offloads the optimizer to the CPU
+    (DeepSpeed refuses a torch optimizer there); None otherwise."""
+    config = getattr(getattr(trainer, "strategy", None), "config", None) or {}
+    offload = (config.get("zero_optimization") or {}).get("offload_optimizer")
+    if not offload or offload.get("device", "cpu") == "none":
+        return None
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    settings = dict(getattr(optimizer_fn, "keywords", {}))
+    keep = {k: settings[k] for k in ("lr", "betas", "eps", "weight_decay") if k in settings}
+    return DeepSpeedCPUAdam(params, adamw_mode=True, **keep)

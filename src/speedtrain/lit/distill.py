@@ -78,8 +78,8 @@ class DistillModule(ClassifierModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         inter = self.intermediate
         attentions = inter is not None and inter.attention_weight > 0
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         output_hidden_states=inter is not None, output_attentions=attentions)
+        out = self.train_forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 output_hidden_states=inter is not None, output_attentions=attentions)
         logits = out.logits  # (B, C)
         if "teacher_logits" in batch:
             teacher_logits, t_out = batch["teacher_logits"], None

@@ -1,0 +1,143 @@
+"""The Lightning Trainer of ``cfg.trainer``: checked against this machine, built with its strategy, callbacks and
+loggers, and the global batch / learning-rate scaling it implies.
+
+``cfg.trainer`` is the Trainer's arguments (``strategy`` may be a node with ``_target_``: a DDP or DeepSpeed
+strategy built from config) plus ``speed``, speedtrain's own switches (data on the device, length buckets,
+``torch.compile``, fused optimizer, learning-rate scaling), which the pipeline hands to the data and the module.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from speedtrain.errors import UserError
+from speedtrain.launcher import prepare_ddp_relaunch
+from speedtrain.loggers import build_loggers
+
+log = logging.getLogger(__name__)
+
+LR_SCALING = ("none", "linear", "sqrt")
+COMPILE_MODES = (False, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+DEFAULT_SPEED = {"data_on_device": False, "length_buckets": 8, "compile": False, "fused_optimizer": False,
+                 "lr_scaling": "sqrt"}
+
+
+def speed_options(cfg: DictConfig) -> dict:
+    """``cfg.trainer.speed`` with its defaults, checked."""
+    speed = DEFAULT_SPEED | OmegaConf.to_container(cfg.trainer.get("speed") or {}, resolve=True)
+    if speed["compile"] is True:
+        speed["compile"] = "default"
+    if speed["compile"] not in COMPILE_MODES:
+        raise UserError(f"trainer.speed.compile={speed['compile']!r} is not one of {list(COMPILE_MODES)}; "
+                        "e.g. trainer.speed.compile=default")
+    if speed["lr_scaling"] not in LR_SCALING:
+        raise UserError(f"trainer.speed.lr_scaling={speed['lr_scaling']!r} is not one of {list(LR_SCALING)}")
+    buckets = speed["length_buckets"]
+    if not isinstance(buckets, int) or buckets < 0:
+        raise UserError(f"trainer.speed.length_buckets={buckets!r} must be an integer >= 0 (0: no buckets), e.g. 8")
+    return speed
+
+
+def strategy_name(cfg: DictConfig) -> str:
+    """The strategy as a short lowercase name: ``auto``, ``ddp``, ``deepspeed``, ... (from a string or a node)."""
+    strategy = cfg.trainer.get("strategy", "auto")
+    if isinstance(strategy, DictConfig):
+        return strategy.get("_target_", "").rsplit(".", 1)[-1].removesuffix("Strategy").lower() or "custom"
+    return str(strategy).lower()
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """Refuse a trainer this machine cannot run, before any work: one message naming the fix."""
+    t = cfg.trainer
+    accelerator, devices, strategy = str(t.get("accelerator", "auto")), t.get("devices", "auto"), strategy_name(cfg)
+    cuda = torch.cuda.is_available()
+    wants_gpu = accelerator in ("gpu", "cuda")
+    if strategy.startswith("deepspeed") and (not cuda or accelerator == "cpu"):
+        raise UserError(f"trainer.strategy={strategy} (DeepSpeed ZeRO) needs CUDA GPUs, and "
+                        f"{'this machine has none' if not cuda else 'trainer.accelerator=cpu'}; use trainer=cpu, or "
+                        "trainer=ddp trainer.accelerator=cpu for several CPU processes")
+    if wants_gpu and not cuda:
+        raise UserError(f"trainer.accelerator={accelerator} needs a CUDA GPU and torch sees none "
+                        "(torch.cuda.is_available() is False); use trainer=cpu (or trainer=ddp "
+                        "trainer.accelerator=cpu for several CPU processes)")
+    if wants_gpu and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise UserError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} CUDA GPU(s); use "
+                        f"trainer.devices={torch.cuda.device_count()} or fewer (-1: all of them)")
+    if isinstance(devices, int) and devices > 1 and strategy in ("auto", "single_device"):
+        raise UserError(f"trainer.devices={devices} with trainer.strategy={strategy}: pick a parallel trainer, e.g. "
+                        f"trainer=ddp trainer.devices={devices}")
+    speed_options(cfg)
+
+
+def is_deepspeed(trainer: pl.Trainer) -> bool:
+    """Whether ``trainer`` runs DeepSpeed (its checkpoints are folders of shards)."""
+    return type(trainer.strategy).__name__ == "DeepSpeedStrategy"
+
+
+def lr_scale(rule: str, replicas: int) -> float:
+    """The learning-rate factor for a global batch ``replicas`` times one device's batch."""
+    return {"none": 1.0, "linear": float(replicas), "sqrt": math.sqrt(replicas)}[rule]
+
+
+def batch_plan(cfg: DictConfig, trainer: pl.Trainer) -> dict:
+    """The global batch and the learning rate the run uses, derived from the per-device batch and the trainer.
+
+    Returns:
+        ``batch_size`` (per device), ``world_size``, ``accumulate_grad_batches``, ``global_batch_size``,
+        ``lr_scaling``, ``lr_base`` (``module.optimizer.lr``) and ``lr`` (the scaled rate the optimizer gets).
+    """
+    accumulate = int(trainer.accumulate_grad_batches)
+    world = int(trainer.num_devices) * int(trainer.num_nodes)
+    rule = speed_options(cfg)["lr_scaling"]
+    base = cfg.module.optimizer.get("lr")
+    plan = {"batch_size": int(cfg.data.batch_size), "world_size": world, "accumulate_grad_batches": accumulate,
+            "global_batch_size": int(cfg.data.batch_size) * world * accumulate, "lr_scaling": rule, "lr_base": base}
+    plan["lr"] = base * lr_scale(rule, world * accumulate) if base is not None else None
+    return plan
+
+
+def scaled_module_config(cfg: DictConfig, plan: dict) -> DictConfig:
+    """``cfg.module`` with ``optimizer.lr`` set to the plan's scaled rate."""
+    module = cfg.module.copy()
+    if plan["lr"] is not None:
+        with open_dict(module):
+            module.optimizer.lr = plan["lr"]
+    return module
+
+
+def build_trainer(cfg: DictConfig, prefix: str = "", extra_callbacks: list | None = None) -> pl.Trainer:
+    """The Lightning Trainer of ``cfg.trainer`` (without ``speed``) with the configured callbacks and loggers.
+
+    Args:
+        prefix: logged metric names start with it (stage 1's ``teacher``), and the config is not logged: the
+            distillation run that follows logs its own.
+        extra_callbacks: built by the pipeline (the export callback).
+    """
+    check_trainer(cfg)
+    prepare_ddp_relaunch()  # in a multirun, DDP's extra ranks run this job, not the sweep
+    loggers = build_loggers(cfg.get("logger"), cfg.paths.output_dir, prefix=prefix)
+    callbacks = build_callbacks(cfg) + list(extra_callbacks or [])
+    node = cfg.trainer.copy()
+    with open_dict(node):
+        node.pop("speed", None)
+    trainer = instantiate(node, callbacks=callbacks, logger=loggers or False)
+    plan = batch_plan(cfg, trainer)
+    log.info("Global batch %d (%d per device x %d devices x %d accumulation); lr %.3g (%s scaling of %.3g)",
+             plan["global_batch_size"], plan["batch_size"], plan["world_size"], plan["accumulate_grad_batches"],
+             plan["lr"] or 0, plan["lr_scaling"], plan["lr_base"] or 0)
+    for logger in loggers if not prefix else []:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"derived": plan})
+    return trainer
+
+
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """``cfg.callbacks``, without the progress bar when ``trainer.enable_progress_bar=false``."""
+    bar = cfg.trainer.get("enable_progress_bar", True)
+    nodes = (cfg.get("callbacks") or {}).values()
+    return [instantiate(n) for n in nodes if n is not None and (bar or "ProgressBar" not in n.get("_target_", ""))]
