@@ -156,6 +156,7 @@ def fit_and_evaluate(
         seed=cfg.seed,
         params=count_parameters(model),
         batch=plan,
+        speed=speed,
         data={split: len(ds) for split, ds in datamodule.splits.items()}
         | {"num_labels": datamodule.num_labels, "vocab_size": len(datamodule.tokenizer)},
         timings={**timings, "fit_s": fit_s, "total_s": time.perf_counter() - started},

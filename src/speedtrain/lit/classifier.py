@@ -71,6 +71,7 @@ class ClassifierModule(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_labels, average="micro", validate_args=False)
         self.test_f1 = MulticlassF1Score(num_labels, average="macro", validate_args=False)
         self._last_step_time: float | None = None
+        self._last_step = 0
         self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.test_predictions: tuple | None = None
 
@@ -100,14 +101,21 @@ class ClassifierModule(pl.LightningModule):
         return loss
 
     def log_train_step_stats(self, batch: Batch) -> None:
-        """Log train/acc (updated by the step), the learning rate and the throughput."""
+        """Log train/acc (updated by the step) and, on logging steps, the learning rate and the throughput.
+
+        Python numbers are logged only every ``log_every_n_steps``: logging one makes a device tensor of it, a
+        blocking host-to-device copy (a sync) on a GPU.
+        """
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        if not self.trainer._logger_connector.should_update_logs:  # Lightning's own "write the logs now" test
+            return
+        step = self.trainer.global_step
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         now = time.perf_counter()
-        if self._last_step_time is not None:  # time from the previous step's start: loading + compute
-            samples = batch["labels"].shape[0] * self.trainer.world_size
+        if self._last_step_time is not None and step > self._last_step:  # mean over the steps since the last log
+            samples = batch["labels"].shape[0] * self.trainer.world_size * (step - self._last_step)
             self.log("perf/samples_per_s", samples / (now - self._last_step_time))
-        self._last_step_time = now
+        self._last_step_time, self._last_step = now, step
 
     def on_train_epoch_start(self) -> None:
         self._last_step_time = None

@@ -1,0 +1,153 @@
+"""Trainer configs on the CPU: every strategy built from config, the global batch and lr scaling, the errors for a
+machine that cannot run a trainer, and the on-device data path (its plan, its sharding, a run through it)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy
+
+from speedtrain.config import compose_config, config_dir
+from speedtrain.data.device import DeviceBatches
+from speedtrain.errors import UserError
+from speedtrain.pipeline import build_datamodule, run
+from speedtrain.trainer import batch_plan, build_trainer, check_trainer
+from tests.conftest import REPO, TINY
+
+TRAINERS = sorted(p.stem for p in (config_dir() / "trainer").glob("*.yaml"))
+
+
+def test_every_trainer_config_builds_its_strategy():
+    assert {"cpu", "gpu", "ddp", "deepspeed_stage1", "deepspeed_stage2", "deepspeed_stage3",
+            "deepspeed_stage3_offload"} <= set(TRAINERS)
+    for name in TRAINERS:
+        t = compose_config(["+experiment=distill", f"trainer={name}"]).trainer
+        strategy = instantiate(t.strategy) if "strategy" in t else None
+        if name.startswith("deepspeed"):
+            assert isinstance(strategy, DeepSpeedStrategy), name
+            zero = strategy.config["zero_optimization"]
+            assert zero["stage"] == int(name[len("deepspeed_stage")]), name
+            assert ("offload_optimizer" in zero and "offload_param" in zero) == name.endswith("offload"), name
+            assert strategy.config["train_micro_batch_size_per_gpu"] == 32  # data.batch_size of the experiment
+        elif name == "ddp":
+            assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs["gradient_as_bucket_view"]
+        else:
+            assert strategy is None and t.devices == 1
+        assert t.accelerator == ("cpu" if name == "cpu" else "gpu") and "speed" in t
+
+
+def test_global_batch_and_lr_scaling_follow_the_trainer(tmp_path):
+    base = [*TINY, "+experiment=baseline", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+            "trainer.precision=32-true", "trainer.accumulate_grad_batches=3", "data.batch_size=16",
+            "module.optimizer.lr=1e-3", f"paths.output_dir={tmp_path}"]
+    for rule, factor in (("sqrt", math.sqrt(6)), ("linear", 6.0), ("none", 1.0)):
+        cfg = compose_config([*base, f"trainer.speed.lr_scaling={rule}"])
+        plan = batch_plan(cfg, build_trainer(cfg))
+        assert plan["global_batch_size"] == 16 * 2 * 3 and plan["world_size"] == 2
+        assert plan["lr"] == pytest.approx(1e-3 * factor) and plan["lr_base"] == 1e-3
+
+
+def test_a_trainer_this_machine_cannot_run_fails_first_with_the_fix(make_cfg, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"trainer.accelerator=gpu needs a CUDA GPU.*use trainer=cpu"):
+        run(make_cfg("+experiment=baseline", "trainer=gpu"))
+    for name in ("deepspeed_stage2", "deepspeed_stage3_offload"):
+        with pytest.raises(UserError, match=r"DeepSpeed ZeRO\) needs CUDA GPUs.*use trainer=cpu"):
+            run(make_cfg("+experiment=baseline", f"trainer={name}"))
+    with pytest.raises(UserError, match=r"needs CUDA GPUs, and trainer.accelerator=cpu"):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        check_trainer(make_cfg("+experiment=baseline", "trainer=deepspeed_stage2", "trainer.accelerator=cpu"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match=r"trainer.devices=4 but this machine has 2 CUDA GPU\(s\); use "
+                                        r"trainer.devices=2 or fewer"):
+        check_trainer(make_cfg("+experiment=baseline", "trainer=ddp", "trainer.devices=4"))
+    with pytest.raises(UserError, match=r"trainer.devices=2 with trainer.strategy=auto: .*trainer=ddp"):
+        check_trainer(make_cfg("+experiment=baseline", "trainer=gpu", "trainer.devices=2"))
+    with pytest.raises(UserError, match=r"trainer.speed.compile='fast' is not one of"):
+        check_trainer(make_cfg("+experiment=baseline", "trainer.speed.compile=fast"))
+    check_trainer(make_cfg("+experiment=baseline", "trainer=ddp", "trainer.devices=2"))  # fits: no error
+
+
+def test_train_py_without_cuda_exits_2_with_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), "+experiment=baseline", "trainer=deepspeed_stage2",
+                           "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("speedtrain: error: trainer.strategy=deepspeed (DeepSpeed ZeRO) needs CUDA GPUs")
+    assert not any("Traceback" in line for line in lines)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def datamodule(tmp_path_factory):
+    cfg = compose_config([*TINY, "+experiment=baseline", f"paths.output_dir={tmp_path_factory.mktemp('dm')}"])
+    dm = build_datamodule(cfg)
+    dm.prepare()
+    return dm
+
+
+def _rows(batches: DeviceBatches, epoch: int) -> list[np.ndarray]:
+    rows, plan = batches.plan(epoch)
+    return [rows[start : start + size] for start, size, _ in plan]
+
+
+def test_device_batches_cover_every_row_in_length_buckets(datamodule):
+    table = datamodule.table("train")
+    n, lengths = len(table), table.lengths[""]
+    train = DeviceBatches(table, batch_size=32, shuffle=True, bucket=8, seed=5, epoch=lambda: 1)
+    groups = _rows(train, 1)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(n))  # every row once, none dropped
+    assert len(train) == len(groups) == math.ceil(n / 32)
+    assert sum(len(g) < 32 for g in groups) <= 1  # the buckets' leftovers are batched together: one short batch
+    ds = datamodule.encoded["train"]
+    for batch, rows in zip(train, groups):
+        width = batch["input_ids"].shape[1]
+        assert width % 8 == 0 or width == datamodule.max_length
+        assert (batch["attention_mask"].sum(1).numpy() == lengths[rows]).all()
+        assert width < lengths[rows].max() + 8  # padded to the bucket, not to max_length
+        for i in (0, len(rows) - 1):  # the collator's ids and label for the same row
+            assert batch["input_ids"][i, : lengths[rows[i]]].tolist() == ds[int(rows[i])]["input_ids"]
+            assert int(batch["labels"][i]) == ds[int(rows[i])]["label"]
+    widths = {b["input_ids"].shape[1] for b in train}
+    assert len(widths) >= 3 and max(widths) <= datamodule.max_length  # several buckets on this data
+    again = DeviceBatches(table, batch_size=32, shuffle=True, bucket=8, seed=5)
+    assert all((a == b).all() for a, b in zip(_rows(again, 1), groups))  # (seed, epoch) fixes the order
+    assert not all(len(a) == len(b) and (a == b).all() for a, b in zip(_rows(again, 2), groups))
+
+
+def test_device_batches_split_across_ranks(datamodule):
+    table = datamodule.table("train")
+    ranks = [DeviceBatches(table, batch_size=16, shuffle=True, seed=1, rank=r, world=2) for r in range(2)]
+    a, b = _rows(ranks[0], 0), _rows(ranks[1], 0)
+    assert len(a) == len(b) and [len(x) for x in a] == [len(x) for x in b]  # the same steps on every rank
+    seen = np.concatenate(a + b)
+    assert len(set(seen.tolist())) == len(seen) and len(table) - len(seen) < 2  # disjoint; at most 1 dropped
+    evals = [DeviceBatches(datamodule.table("validation"), 64, shuffle=False, rank=r, world=2) for r in range(2)]
+    rows = np.concatenate([np.concatenate(_rows(e, 0)) for e in evals])
+    assert sorted(rows.tolist()) == list(range(len(datamodule.encoded["validation"])))
+
+
+def test_a_run_on_the_device_path(make_cfg, tmp_path, fine_tuned_teacher):
+    """The on-device path through the pipeline (CPU tensors here): a baseline run, and online distillation whose
+    batches carry the teacher's own tokens."""
+    run(make_cfg("+experiment=baseline", "trainer.speed.data_on_device=true", "trainer.limit_train_batches=null",
+                 "trainer.max_epochs=1", "data.batch_size=256"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["speed"]["data_on_device"] is True and metrics["val/acc"] > 0.03  # chance: 1/96
+    assert metrics["global_step"] == math.ceil(metrics["data"]["train"] / 256)  # each row once, buckets + leftovers
+    out = tmp_path / "online"
+    run(make_cfg("+experiment=distill", "distill=logits", "distill.teacher_logits=online", "distill.augment.copies=0",
+                 f"teacher.path={fine_tuned_teacher}", "teacher.max_length=24", "trainer.speed.data_on_device=true",
+                 f"paths.output_dir={out}"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["distill/teacher_logits"] == "online" and metrics["global_step"] == 8
