@@ -89,16 +89,17 @@ def best_student(model: torch.nn.Module, trainer: pl.Trainer) -> torch.nn.Module
     one fp32 state dict first.
     """
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    student = copy.deepcopy(model).cpu().float().eval()
-    if not best:
-        return student
-    if Path(best).is_dir():  # DeepSpeed ZeRO: shards per rank
+    if best and Path(best).is_dir():  # DeepSpeed ZeRO: shards per rank (ZeRO-3's parameters are partitioned: a
         from pytorch_lightning.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
+        student = type(model)(copy.deepcopy(model.config)).eval()  # fresh model, not a copy of the shards)
         with tempfile.TemporaryDirectory() as tmp:
-            convert_zero_checkpoint_to_fp32_state_dict(best, f"{tmp}/model.pt")
-            state = torch.load(f"{tmp}/model.pt", map_location="cpu", weights_only=True)["state_dict"]
+            state = convert_zero_checkpoint_to_fp32_state_dict(best, f"{tmp}/model.pt")["state_dict"]
     else:
+        student = copy.deepcopy(model).cpu().float().eval()
+    if not best:
+        return student
+    if not Path(best).is_dir():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     student.load_state_dict(weights)

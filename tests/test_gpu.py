@@ -1,0 +1,110 @@
+"""GPU runs, end to end through ``python train.py``: one GPU, DDP on 2, DeepSpeed ZeRO-2/3 (+ offload) with the
+consolidated checkpoint, the bundle and a resume. Skipped by default (markers gpu / multi_gpu); on a GPU machine:
+
+    pytest -m "gpu or multi_gpu" tests/test_gpu.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import DISTILL_TINY, EXPORT_TINY, REPO, TINY
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_2_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A small random teacher (2 x 64) over the 96 HS chapters with its own WordPiece tokenizer (no download)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from speedtrain.config import compose_config
+    from speedtrain.data.tokenizer import train_wordpiece
+    from speedtrain.pipeline import build_datamodule
+
+    folder = tmp_path_factory.mktemp("gpu-teacher")
+    dm = build_datamodule(compose_config([*TINY, "+experiment=baseline", f"paths.output_dir={folder / 'x'}"]))
+    dm.prepare()
+    tokenizer = train_wordpiece(list(dm.splits["train"]["text"]), vocab_size=2000, max_length=24)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=64, num_labels=dm.num_labels,
+                        id2label=dict(enumerate(dm.label_names)))
+    BertForSequenceClassification(config).save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+def train(run_dir: Path, teacher: Path, *overrides: str) -> dict:
+    """``python train.py`` a tiny distillation with export into ``run_dir``; its metrics.json."""
+    cmd = [sys.executable, str(REPO / "train.py"), *TINY, *EXPORT_TINY, *DISTILL_TINY, f"teacher.path={teacher}",
+           "teacher.max_length=24", "distill.intermediate.layer_map=[[0,0],[1,2]]", f"hydra.run.dir={run_dir}",
+           *overrides]
+    done = subprocess.run(cmd, cwd=run_dir.parent, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def check_outputs(run_dir: Path, metrics: dict, world: int) -> None:
+    """model/ is an fp32 Hugging Face folder equal to the best checkpoint; the bundle passed its parity checks."""
+    from transformers import AutoModelForSequenceClassification
+
+    assert metrics["batch"]["world_size"] == world and metrics["speed"]["data_on_device"] is True
+    assert metrics["batch"]["global_batch_size"] == metrics["batch"]["batch_size"] * world
+    assert metrics["batch"]["lr"] == pytest.approx(metrics["batch"]["lr_base"] * math.sqrt(world))
+    assert 0.0 < metrics["val/acc"] <= 1.0 and "test/acc" in metrics
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    best = Path(metrics["best_checkpoint"])
+    if best.is_dir():  # DeepSpeed shards: consolidate them here too and compare
+        from pytorch_lightning.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+        state = convert_zero_checkpoint_to_fp32_state_dict(str(best), str(run_dir / "consolidated.pt"))["state_dict"]
+    else:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    saved = model.state_dict()
+    for key, value in state.items():
+        if key.startswith("model."):
+            assert torch.equal(saved[key.removeprefix("model.")], value.float().cpu()), key
+    manifest = json.loads((run_dir / "bundle" / "speedtrain.json").read_text())
+    assert manifest["fast"] in manifest["variants"] and metrics["bundle"]["fast_agreement"] >= 70
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_distill_on_one_gpu_end_to_end_with_export(tmp_path, teacher):
+    metrics = train(tmp_path / "run", teacher, "trainer=gpu")
+    check_outputs(tmp_path / "run", metrics, world=1)
+    assert metrics["speed"]["compile"] == "default" and metrics["speed"]["fused_optimizer"] is True
+
+
+@pytest.mark.multi_gpu
+@needs_2_gpus
+def test_ddp_on_two_gpus(tmp_path, teacher):
+    metrics = train(tmp_path / "run", teacher, "trainer=ddp", "trainer.devices=2")
+    check_outputs(tmp_path / "run", metrics, world=2)
+
+
+@pytest.mark.multi_gpu
+@needs_2_gpus
+@pytest.mark.parametrize("trainer", ["deepspeed_stage2", "deepspeed_stage3", "deepspeed_stage3_online",
+                                     "deepspeed_stage3_offload"])
+def test_deepspeed_distill_consolidates_exports_and_resumes(tmp_path, teacher, trainer):
+    extra = ["distill=logits", "distill.teacher_logits=online"] if trainer.endswith("online") else []
+    name = trainer.removesuffix("_online")
+    run_dir = tmp_path / "run"
+    first = train(run_dir, teacher, f"trainer={name}", "trainer.max_epochs=1", *extra)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_dir()  # DeepSpeed's shards
+    check_outputs(run_dir, first, world=2)
+    resumed = train(run_dir, teacher, f"trainer={name}", "trainer.max_epochs=2", *extra)
+    assert resumed["resumed_from"].endswith("last.ckpt") and resumed["global_step"] == 2 * first["global_step"]
+    check_outputs(run_dir, resumed, world=2)
