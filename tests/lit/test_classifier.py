@@ -19,3 +19,29 @@ def test_logged_keys_and_schedule(make_cfg, tmp_path):
     assert lr[0] == 0.0 and abs(max(lr) - peak) < 1e-9
     assert lr.index(max(lr)) == 2 and all(a > b for a, b in zip(lr[2:], lr[3:]))
     assert (df["perf/samples_per_s"].dropna() > 0).all()
+
+
+def test_a_fused_optimizer_is_clipped_under_bf16(monkeypatch):
+    """Lightning refuses to clip for a fused optimizer under mixed precision; without a loss scaler (bf16) the
+    module clips itself (the GPU trainers default to fused AdamW + gradient_clip_val)."""
+    import functools
+
+    import pytorch_lightning as pl
+    import torch
+
+    from speedtrain.lit.classifier import ClassifierModule
+    from speedtrain.models.student import build_student
+
+    torch.manual_seed(0)
+    model = build_student(100, 3, num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    module = ClassifierModule(model, 3, functools.partial(torch.optim.AdamW, lr=1e-2, fused=True), scheduler=None)
+    ids = torch.randint(1, 100, (64, 8))
+    data = [{"input_ids": ids[i : i + 16], "attention_mask": torch.ones(16, 8, dtype=torch.long),
+             "labels": torch.randint(0, 3, (16,))} for i in range(0, 64, 16)]
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: norms.append(clip(*a, **k)) or norms[-1])
+    trainer = pl.Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1e-3, max_steps=3, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
+    assert trainer.global_step == 3 and len(norms) == 3 and all(n > 1e-3 for n in norms)  # clipped every step

@@ -157,6 +157,18 @@ class ClassifierModule(pl.LightningModule):
         self.log(f"{stage}/acc", acc, prog_bar=True)
         self.log(f"{stage}/f1", f1)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping, except for a fused optimizer without a loss scaler (bf16 / fp32): Lightning refuses
+        to clip for it (it could unscale fp16 gradients itself), but without a scaler there is nothing to unscale."""
+        fused = bool(getattr(optimizer, "defaults", {}).get("fused"))
+        if not gradient_clip_val or not fused or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val, foreach=True)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+
     def configure_optimizers(self) -> dict:
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = offloaded_adam(self.trainer, self.optimizer_fn, params)
