@@ -251,6 +251,9 @@ def orchestrate(args) -> None:
         row.update(kind=kind, devices=devices, trainer=trainer, batch=batch, wall_s=time.perf_counter() - started,
                    mfu=flops * row["samples_per_s"] / (devices * peak * 1e12), flops_per_sample=flops)
         results[name] = row
+        if args.json:  # after every row: a run cut short keeps what it measured
+            Path(args.json).write_text(json.dumps({"gpu": gpu_name, "gpus": gpus, "matmul_tflops": peak,
+                                                   "rows": results, "args": vars(args)}, indent=2))
         print(f"{name}: {row['samples_per_s']:,.0f} samples/s (batch {batch} x {devices}, {trainer}, "
               f"MFU {100 * row['mfu']:.1f}%, {row['wall_s']:.0f} s)", flush=True)
     table = markdown(results, gpu_name, gpus, peak, args)
