@@ -43,6 +43,7 @@ ROWS = {  # name: (kind, devices, trainer)
     "a2": ("plain", 2, "ddp"), "b2": ("cache", 2, "ddp"), "c2": ("online", 2, "ddp"),
     "a2z": ("plain", 2, "deepspeed_stage2"), "b2z": ("cache", 2, "deepspeed_stage2"),
     "c2z": ("online", 2, "deepspeed_stage2"),
+    "h1": ("hand", 1, "gpu"),  # the ceiling reference: a hand-written loop, no Lightning
 }
 TEACHER = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,
            "vocab_size": 30522}
@@ -55,31 +56,67 @@ def sync() -> None:
 
 
 class StepTimer(pl.Callback):
-    """Time steps [warmup, warmup + steps) between two CUDA syncs, then stop the fit; rank 0 writes the result."""
+    """Time steps [warmup, warmup + steps) between two CUDA syncs, then stop the fit; rank 0 writes the result.
 
-    def __init__(self, warmup: int, steps: int, out: str | None) -> None:
-        self.warmup, self.steps, self.out = warmup, steps, out
+    With ``profile`` (a folder), the ``PROFILED`` steps before the timed ones also run under ``torch.profiler``
+    (rank 0): the operator table sorted by GPU time and by CPU time, and a Chrome trace, land in that folder.
+    """
+
+    def __init__(self, warmup: int, steps: int, out: str | None, profile: str | None = None) -> None:
+        self.warmup, self.steps, self.out, self.profile = warmup, steps, out, profile
         self.started, self.samples = 0.0, 0
         self.result: dict | None = None
+        self.profiler = None
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup and not self.started:
+    def step_start(self, step: int) -> None:
+        if self.profile and step == self.warmup - PROFILED and self.profiler is None:
+            self.profiler = torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+            self.profiler.__enter__()
+        if step == self.warmup and not self.started:
+            if self.profiler is not None:
+                sync()
+                self.profiler.__exit__(None, None, None)
+                write_profile(self.profiler, Path(self.profile))
             sync()
             self.started = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def step_end(self, step: int, samples: int) -> bool:
+        """Count a finished step; True once the timed steps are done."""
         if not self.started or self.result is not None:
-            return
-        self.samples += batch["labels"].shape[0] * trainer.world_size
-        if trainer.global_step >= self.warmup + self.steps:
+            return self.result is not None
+        self.samples += samples
+        if step >= self.warmup + self.steps:
             sync()
             seconds = time.perf_counter() - self.started
             self.result = {"samples_per_s": self.samples / seconds, "seconds": seconds, "samples": self.samples,
-                           "steps": trainer.global_step - self.warmup,
+                           "steps": step - self.warmup,
                            "max_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0}
+            return True
+        return False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.step_start(trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.result is None and self.step_end(trainer.global_step, batch["labels"].shape[0] * trainer.world_size):
             trainer.should_stop = True
             if trainer.is_global_zero and self.out:
                 Path(self.out).write_text(json.dumps(self.result))
+
+
+PROFILED = 8  # steps under the profiler (before the timed ones)
+
+
+def write_profile(profiler, folder: Path) -> None:
+    """The profiler's operator tables (by GPU time, by CPU time) and its trace, into ``folder``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    averages = profiler.key_averages()
+    for key in ("cuda_time_total", "self_cpu_time_total"):
+        (folder / f"ops_by_{key}.txt").write_text(averages.table(sort_by=key, row_limit=40, max_name_column_width=70))
+    profiler.export_chrome_trace(str(folder / "trace.json"))
 
 
 def overrides(kind: str, devices: int, trainer: str, batch: int, steps: int, out_dir: str) -> list[str]:
@@ -132,12 +169,13 @@ def run_speedtrain(args) -> None:
     cfg = compose_config(overrides(kind, devices, trainer_name, args.batch, args.warmup + args.steps + 2,
                                    args.work) + args.override)
     dm, teacher = prepare_data(cfg, args.batch * devices * (args.warmup + args.steps + 8), kind == "online")
-    timer = StepTimer(args.warmup, args.steps, args.out)
+    timer = StepTimer(args.warmup, args.steps, args.out, args.profile)
     trainer = build_trainer(cfg, extra_callbacks=[timer])
     plan, speed = batch_plan(cfg, trainer), speed_options(cfg)
     module = instantiate(scaled_module_config(cfg, plan), model=build_model(cfg, dm), num_labels=dm.num_labels,
                          loss=instantiate(cfg.distill.loss), teacher=teacher if kind == "online" else None,
-                         compile=speed["compile"], fused_optimizer=speed["fused_optimizer"])
+                         compile=speed["compile"], fused_optimizer=speed["fused_optimizer"],
+                         attention=speed["attention"])
     trainer.fit(module, datamodule=dm)
 
 
@@ -187,12 +225,47 @@ def run_plain(args) -> None:
 
     loader = DataLoader(train, batch_size=args.batch, shuffle=True, collate_fn=collate, num_workers=4,
                         pin_memory=True, persistent_workers=True)
-    timer = StepTimer(args.warmup, args.steps, args.out)
+    timer = StepTimer(args.warmup, args.steps, args.out, args.profile)
     strategy = {"gpu": "auto", "ddp": "ddp", "deepspeed_stage2": "deepspeed_stage_2"}[trainer_name]
     trainer = pl.Trainer(accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=devices, strategy=strategy, precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
                          max_steps=args.warmup + args.steps + 2, logger=False, enable_checkpointing=False,
                          callbacks=[timer], limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(Plain(), train_dataloaders=loader)
+
+
+def run_hand(args) -> None:
+    """A hand-written loop over the same GPU-resident batches (the issue's 40-line reference): compiled student,
+    fused AdamW, bf16 autocast, the same KD loss, no Lightning, no logging."""
+    from speedtrain.config import compose_config
+    from speedtrain.data.device import DeviceBatches
+    from speedtrain.distill.losses import KDLoss
+    from speedtrain.models.student import build_student
+
+    cfg = compose_config(overrides("cache", 1, "gpu", args.batch, 1, args.work) + args.override)
+    dm, _ = prepare_data(cfg, args.batch * (args.warmup + args.steps + 8), online=False)
+    cuda = torch.cuda.is_available()  # (it also runs on a CPU, eager and in fp32, for the tests)
+    device = torch.device("cuda" if cuda else "cpu")
+    model = build_student(len(dm.tokenizer), dm.num_labels, max_length=cfg.model.max_length,
+                          pad_token_id=dm.tokenizer.pad_token_id).to(device).train()
+    if cfg.trainer.speed.get("attention"):
+        model.set_attn_implementation(cfg.trainer.speed.attention)
+    forward = torch.compile(model, dynamic=False) if cuda else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01, fused=cuda)
+    loss_fn = KDLoss(0.5, 2.0)
+    batches = DeviceBatches(dm.table("train"), args.batch, shuffle=True, bucket=cfg.trainer.speed.length_buckets,
+                            seed=0, device=lambda: device)
+    timer = StepTimer(args.warmup, args.steps, args.out, args.profile)
+    for step, batch in enumerate(batches):
+        timer.step_start(step)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = loss_fn(logits, batch["teacher_logits"], batch["labels"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if timer.step_end(step + 1, batch["labels"].shape[0]):
+            break
+    Path(args.out).write_text(json.dumps(timer.result))
 
 
 def flops_per_sample(cfg, online: bool) -> float:
@@ -226,19 +299,21 @@ def orchestrate(args) -> None:
     from speedtrain.config import compose_config
 
     gpus = torch.cuda.device_count()
-    names = [r for r in (args.rows.split(",") if args.rows else ROWS) if ROWS[r][1] <= gpus]
+    names = [r for r in (args.rows.split(",") if args.rows else [r for r in ROWS if r != "h1"]) if ROWS[r][1] <= gpus]
     peak = matmul_tflops()
     gpu_name = torch.cuda.get_device_name(0)
     print(f"{gpu_name} x {gpus}; bf16 matmul {peak:.0f} TFLOP/s", flush=True)
     results = {}
     for name in names:
         kind, devices, trainer = ROWS[name]
-        batch = args.plain_batch if kind == "plain" else (args.batch if kind == "cache" else args.online_batch)
+        batch = args.plain_batch if kind == "plain" else (args.online_batch if kind == "online" else args.batch)
         with tempfile.TemporaryDirectory() as work:
             out = Path(work) / "result.json"
             cmd = [sys.executable, __file__, "--row", name, "--batch", str(batch), "--warmup", str(args.warmup),
                    "--steps", str(args.steps), "--work", work, "--out", str(out)]
             cmd += [x for o in args.override for x in ("--override", o)]
+            if args.profile:
+                cmd += ["--profile", str(Path(args.profile) / name)]
             started = time.perf_counter()
             done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ))
             if done.returncode != 0 or not out.is_file():
@@ -247,7 +322,7 @@ def orchestrate(args) -> None:
                 continue
             row = json.loads(out.read_text())
         cfg = compose_config(overrides(kind, devices, trainer, batch, 1, "/tmp/x") + args.override)
-        flops = flops_per_sample(cfg, online=kind != "cache")
+        flops = flops_per_sample(cfg, online=kind in ("plain", "online"))
         row.update(kind=kind, devices=devices, trainer=trainer, batch=batch, wall_s=time.perf_counter() - started,
                    mfu=flops * row["samples_per_s"] / (devices * peak * 1e12), flops_per_sample=flops)
         results[name] = row
@@ -269,7 +344,7 @@ def orchestrate(args) -> None:
 def markdown(results: dict, gpu_name: str, gpus: int, peak: float, args) -> str:
     """The table: samples/s, ratio to the plain baseline on the same GPUs, MFU, scaling 1 -> 2 GPUs."""
     names = {"plain": "(a) plain Lightning, online teacher", "cache": "(b) speedtrain, logit cache",
-             "online": "(c) speedtrain, online teacher"}
+             "online": "(c) speedtrain, online teacher", "hand": "hand-written loop, logit cache (reference)"}
     lines = [f"GPU: {gpu_name} x {gpus}; bf16 matmul {peak:.0f} TFLOP/s measured; {args.steps} timed steps after "
              f"{args.warmup} warm-up steps; torch {torch.__version__}", "",
              "| row | setup | trainer | batch/GPU | samples/s | vs (a) same GPUs | MFU | scaling 1->2 | peak mem GB |",
@@ -299,6 +374,8 @@ def main() -> None:
     parser.add_argument("--override", action="append", default=[], help="a speedtrain config override (repeat)")
     parser.add_argument("--json", default="", help="write the results here")
     parser.add_argument("--write", default="", help="append the markdown table to this file")
+    parser.add_argument("--profile", default="", help=f"profile {PROFILED} steps before the timed ones of each row "
+                        "into <folder>/<row>/ (operator tables, Chrome trace)")
     parser.add_argument("--row", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -307,7 +384,8 @@ def main() -> None:
         return orchestrate(args)
     import speedtrain  # noqa: F401  (registers the config's resolvers)
 
-    (run_plain if ROWS[args.row][0] == "plain" else run_speedtrain)(args)
+    kind = ROWS[args.row][0]
+    (run_plain if kind == "plain" else run_hand if kind == "hand" else run_speedtrain)(args)
 
 
 if __name__ == "__main__":

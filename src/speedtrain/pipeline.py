@@ -135,7 +135,8 @@ def fit_and_evaluate(
     pl.seed_everything(cfg.seed, workers=True)  # the same student whether or not stage 1 ran before
     model = build_model(cfg, datamodule)
     module = instantiate(scaled_module_config(cfg, plan), model=model, num_labels=datamodule.num_labels,
-                         compile=speed["compile"], fused_optimizer=speed["fused_optimizer"], **extra)
+                         compile=speed["compile"], fused_optimizer=speed["fused_optimizer"],
+                         attention=speed["attention"], **extra)
 
     resume = resume_checkpoint(cfg.paths.output_dir)
     if resume is not None:

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 LR_SCALING = ("none", "linear", "sqrt")
 COMPILE_MODES = (False, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+ATTENTION = (None, "eager", "sdpa")
 DEFAULT_SPEED = {"data_on_device": False, "length_buckets": 8, "compile": False, "fused_optimizer": False,
-                 "lr_scaling": "sqrt"}
+                 "lr_scaling": "sqrt", "attention": None}
 
 
 def speed_options(cfg: DictConfig) -> dict:
@@ -38,6 +39,9 @@ def speed_options(cfg: DictConfig) -> dict:
                         "e.g. trainer.speed.compile=default")
     if speed["lr_scaling"] not in LR_SCALING:
         raise UserError(f"trainer.speed.lr_scaling={speed['lr_scaling']!r} is not one of {list(LR_SCALING)}")
+    if speed["attention"] not in ATTENTION:
+        raise UserError(f"trainer.speed.attention={speed['attention']!r} is not one of {list(ATTENTION)}; "
+                        "e.g. trainer.speed.attention=eager (null keeps the model's own)")
     buckets = speed["length_buckets"]
     if not isinstance(buckets, int) or buckets < 0:
         raise UserError(f"trainer.speed.length_buckets={buckets!r} must be an integer >= 0 (0: no buckets), e.g. 8")

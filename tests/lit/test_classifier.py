@@ -45,3 +45,47 @@ def test_a_fused_optimizer_is_clipped_under_bf16(monkeypatch):
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
     assert trainer.global_step == 3 and len(norms) == 3 and all(n > 1e-3 for n in norms)  # clipped every step
+
+
+def test_no_per_step_sync_and_the_fitting_attention(monkeypatch):
+    """A training step turns no logged value into a Python number (on a GPU each such read waits for the device):
+    the progress bar shows train/loss itself at its refreshes. ``attention`` applies while fitting only."""
+    import functools
+    import traceback
+
+    import pytorch_lightning as pl
+    import torch
+
+    from speedtrain.callbacks.progress import ProgressBar
+    from speedtrain.lit.classifier import ClassifierModule
+    from speedtrain.models.student import build_student
+
+    torch.manual_seed(0)
+    model = build_student(100, 3, num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    module = ClassifierModule(model, 3, functools.partial(torch.optim.AdamW, lr=1e-2, fused=True), scheduler=None,
+                              attention="eager")  # (fused, as on a GPU: the CPU's for-loop AdamW reads its step count)
+    seen = []
+    forward = module.model.forward
+    monkeypatch.setattr(module.model, "forward",
+                        lambda *a, **k: seen.append(module.model.config._attn_implementation) or forward(*a, **k))
+    items = []  # Tensor.item calls during the training steps (Lightning converts progress-bar values with it)
+    item = torch.Tensor.item
+
+    class Watch(pl.Callback):
+        def on_train_batch_start(self, *args):
+            monkeypatch.setattr(torch.Tensor, "item", lambda t: items.append(traceback.format_stack(limit=6)) or item(t))
+
+        def on_train_batch_end(self, *args):
+            monkeypatch.setattr(torch.Tensor, "item", item)
+
+    ids = torch.randint(1, 100, (64, 8))
+    data = [{"input_ids": ids[i : i + 16], "attention_mask": torch.ones(16, 8, dtype=torch.long),
+             "labels": torch.randint(0, 3, (16,))} for i in range(0, 64, 16)]
+    bar = ProgressBar(refresh_rate=2)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, log_every_n_steps=50, callbacks=[Watch(), bar])
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
+    assert trainer.global_step == 4 and not items, "".join(items[0] if items else [])
+    assert "train/loss" not in trainer.progress_bar_metrics  # (Lightning reads those after every step)
+    assert bar.get_metrics(trainer, module)["train/loss"] == float(trainer.callback_metrics["train/loss"])
+    assert set(seen) == {"eager"} and model.config._attn_implementation == "sdpa"  # its own again after fitting

@@ -45,6 +45,8 @@ class ClassifierModule(pl.LightningModule):
             ``reduce-overhead``: CUDA graphs, ...); False: eager. Evaluation stays eager (other shapes, no grad).
         fused_optimizer: on a CUDA device, ask the optimizer for its fused kernel (``fused=True``); under
             DeepSpeed with an offloaded optimizer the optimizer becomes DeepSpeed's CPU Adam.
+        attention: the model's attention implementation while fitting (``eager``, ``sdpa``; None: the model's
+            own); the model gets its own back when fitting ends (what is exported).
     """
 
     def __init__(
@@ -56,12 +58,14 @@ class ClassifierModule(pl.LightningModule):
         warmup_ratio: float = 0.1,
         compile: str | bool = False,
         fused_optimizer: bool = False,
+        attention: str | None = None,
     ) -> None:
         super().__init__()
         # from_pretrained returns eval mode and Lightning keeps the modes it finds: train mode turns dropout on
         self.model = model.train()
         self.optimizer_fn, self.scheduler_fn, self.warmup_ratio = optimizer, scheduler, warmup_ratio
         self.compile_mode, self.fused_optimizer = ("default" if compile is True else compile), fused_optimizer
+        self.attention, self._own_attention = attention, None
         self._compiled: tuple = ()  # the compiled training forward (hidden: not a second copy in the state dict)
         self.loss_fn = nn.CrossEntropyLoss()
         # validate_args=False: the checks call torch.unique on every update, a GPU -> CPU sync per step
@@ -92,22 +96,38 @@ class ClassifierModule(pl.LightningModule):
         model = self._compiled[0] if self._compiled else self.model
         return model(**inputs)
 
+    def on_fit_start(self) -> None:
+        config = getattr(self.model, "config", None)
+        if self.attention and config is not None and self.attention != config._attn_implementation:
+            self._own_attention = config._attn_implementation
+            self.model.set_attn_implementation(self.attention)
+
+    def on_fit_end(self) -> None:
+        if self._own_attention is not None:
+            self.model.set_attn_implementation(self._own_attention)
+            self._own_attention = None
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         logits = self.train_forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = self.loss_fn(logits.float(), batch["labels"])
-        self.train_acc(logits, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_train_step_stats(batch)
+        self.log_train_step_stats(batch, logits, loss)
         return loss
 
-    def log_train_step_stats(self, batch: Batch) -> None:
-        """Log train/acc (updated by the step) and, on logging steps, the learning rate and the throughput.
+    def logging_step(self) -> bool:
+        """Whether this training step's logs reach the logger (Lightning's own test: every ``log_every_n_steps``)."""
+        return self.trainer._logger_connector.should_update_logs
 
-        Python numbers are logged only every ``log_every_n_steps``: logging one makes a device tensor of it, a
-        blocking host-to-device copy (a sync) on a GPU.
+    def log_train_step_stats(self, batch: Batch, logits: torch.Tensor, loss: torch.Tensor) -> None:
+        """Log train/loss, train/acc (updated here) and, on logging steps, the learning rate and the throughput.
+
+        Nothing here makes the GPU wait: train/loss is not a progress-bar value (Lightning turns those into Python
+        numbers after every step; :class:`~speedtrain.callbacks.progress.ProgressBar` shows it at its refreshes),
+        and Python numbers are logged only on logging steps (logging one copies it to the device, a sync).
         """
+        self.train_acc.update(logits.detach(), batch["labels"])  # the epoch's accuracy; no per-batch value
+        self.log("train/loss", loss)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        if not self.trainer._logger_connector.should_update_logs:  # Lightning's own "write the logs now" test
+        if not self.logging_step():
             return
         step = self.trainer.global_step
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])

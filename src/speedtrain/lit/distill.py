@@ -71,6 +71,8 @@ class DistillModule(ClassifierModule):
         return self._teacher[0] if self._teacher else None
 
     def on_fit_start(self) -> None:
+        if not (self.intermediate is not None and self.intermediate.attention_weight > 0):  # needs eager maps
+            super().on_fit_start()
         if self.teacher is not None:  # same device as the student; bf16-true/fp16-true runs: same dtype too
             dtype = next(self.model.parameters()).dtype
             self.teacher.to(device=self.device, dtype=dtype).eval()
@@ -91,17 +93,17 @@ class DistillModule(ClassifierModule):
             teacher_logits = t_out.logits
         kd = self.kd(logits, teacher_logits, batch["labels"])
         loss = kd.loss
-        self.log_dict({"train/kd_loss": kd.kd_loss, "train/ce_loss": kd.ce_loss})
+        parts = {"train/kd_loss": kd.kd_loss, "train/ce_loss": kd.ce_loss}
         if inter is not None and "teacher_hidden" in batch:  # cached per-text teacher states (B, L * H_t)
             pooled = batch["teacher_hidden"].view(logits.shape[0], len(inter.layer_map), -1)
-            parts = inter(out.hidden_states, batch["attention_mask"], teacher_pooled=pooled)
+            terms = inter(out.hidden_states, batch["attention_mask"], teacher_pooled=pooled)
         elif inter is not None:
-            parts = inter(out.hidden_states, batch["attention_mask"], t_out.hidden_states,
+            terms = inter(out.hidden_states, batch["attention_mask"], t_out.hidden_states,
                           batch["teacher_attention_mask"], out.attentions, t_out.attentions)
         if inter is not None:
-            loss = loss + parts.hidden_loss + parts.attention_loss
-            self.log_dict({"train/hidden_loss": parts.hidden_loss, "train/attention_loss": parts.attention_loss})
-        self.train_acc(logits, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_train_step_stats(batch)
+            loss = loss + terms.hidden_loss + terms.attention_loss
+            parts.update({"train/hidden_loss": terms.hidden_loss, "train/attention_loss": terms.attention_loss})
+        if self.logging_step():  # step-only values: the logger sees them on logging steps only
+            self.log_dict(parts)
+        self.log_train_step_stats(batch, logits, loss)
         return loss
