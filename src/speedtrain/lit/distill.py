@@ -16,7 +16,8 @@ Two ways to get the teacher's logits:
   computed once by :mod:`speedtrain.distill.logit_cache`; a step runs only the student.
 * online: the batch carries the teacher's own tokenization (``teacher_input_ids``, ``teacher_attention_mask``)
   beside the student's, and the teacher runs every step under ``no_grad``, in eval mode, with the run's
-  precision. Intermediate losses need this.
+  precision (its weights in bf16 under ``bf16-mixed``: no per-step casts), compiled when the student is.
+  Intermediate losses need this.
 
 The teacher is kept out of Lightning's view (not a submodule): it is never in the optimizer, the checkpoints,
 or a DeepSpeed-partitioned model; the module moves it to its device when fitting starts.
@@ -71,11 +72,24 @@ class DistillModule(ClassifierModule):
         return self._teacher[0] if self._teacher else None
 
     def on_fit_start(self) -> None:
-        if not (self.intermediate is not None and self.intermediate.attention_weight > 0):  # needs eager maps
+        maps = self.intermediate is not None and self.intermediate.attention_weight > 0  # needs eager attention maps
+        if not maps:
             super().on_fit_start()
-        if self.teacher is not None:  # same device as the student; bf16-true/fp16-true runs: same dtype too
+        if self.teacher is not None:  # the student's device; its dtype, or bf16 under bf16-mixed (inference only)
             dtype = next(self.model.parameters()).dtype
+            if str(self.trainer.precision).startswith("bf16"):
+                dtype = torch.bfloat16
             self.teacher.to(device=self.device, dtype=dtype).eval()
+            if self.attention and not maps:
+                self.teacher.set_attn_implementation(self.attention)
+
+    def teacher_forward(self, **inputs):
+        """The frozen teacher's output under ``no_grad``, through ``torch.compile`` (inference graphs) when the
+        student's forward is compiled."""
+        if self.compile_mode and self.device.type == "cuda" and len(self._teacher) == 1:
+            self._teacher = (self.teacher, torch.compile(self.teacher, mode=self.compile_mode, dynamic=False))
+        with torch.no_grad():
+            return self._teacher[-1](**inputs)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         inter = self.intermediate
@@ -86,10 +100,9 @@ class DistillModule(ClassifierModule):
         if "teacher_logits" in batch:
             teacher_logits, t_out = batch["teacher_logits"], None
         else:
-            with torch.no_grad():
-                t_out = self.teacher(input_ids=batch["teacher_input_ids"],
-                                     attention_mask=batch["teacher_attention_mask"],
-                                     output_hidden_states=inter is not None, output_attentions=attentions)
+            t_out = self.teacher_forward(input_ids=batch["teacher_input_ids"],
+                                         attention_mask=batch["teacher_attention_mask"],
+                                         output_hidden_states=inter is not None, output_attentions=attentions)
             teacher_logits = t_out.logits
         kd = self.kd(logits, teacher_logits, batch["labels"])
         loss = kd.loss
