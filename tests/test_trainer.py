@@ -19,7 +19,7 @@ from speedtrain.data.device import DeviceBatches
 from speedtrain.errors import UserError
 from speedtrain.pipeline import build_datamodule, run
 from speedtrain.trainer import batch_plan, build_trainer, check_trainer
-from tests.conftest import REPO, TINY
+from tests.conftest import EXPORT_TINY, REPO, TINY
 
 TRAINERS = sorted(p.stem for p in (config_dir() / "trainer").glob("*.yaml"))
 
@@ -140,13 +140,22 @@ def test_device_batches_split_across_ranks(datamodule):
     assert sorted(rows.tolist()) == list(range(len(datamodule.encoded["validation"])))
 
 
-def test_a_run_on_the_device_path(make_cfg, tmp_path, fine_tuned_teacher):
-    """The on-device path through the pipeline (CPU tensors here): a baseline run, and online distillation whose
-    batches carry the teacher's own tokens."""
+def test_a_run_on_the_device_path(make_cfg, tmp_path, fine_tuned_teacher, monkeypatch):
+    """The on-device path through the pipeline (CPU tensors here): a baseline run trained with the GPU trainers'
+    eager attention whose export (and model/) keeps the model's own SDPA, and online distillation whose batches
+    carry the teacher's own tokens."""
+    import speedtrain.callbacks.export_bench as export_bench
+
+    exported = []  # the attention of the model the export callback builds the bundle from
+    build = export_bench.build_bundle
+    monkeypatch.setattr(export_bench, "build_bundle",
+                        lambda model, *a, **k: exported.append(model.config._attn_implementation) or build(model, *a, **k))
     run(make_cfg("+experiment=baseline", "trainer.speed.data_on_device=true", "trainer.limit_train_batches=null",
-                 "trainer.max_epochs=1", "data.batch_size=256"))
+                 "trainer.max_epochs=1", "data.batch_size=256", "trainer.speed.attention=eager", *EXPORT_TINY))
+    assert exported == ["sdpa"]  # trained with eager attention, exported with the model's own
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["speed"]["data_on_device"] is True and metrics["val/acc"] > 0.03  # chance: 1/96
+    assert metrics["speed"]["attention"] == "eager" and metrics["bundle"]  # exported (a failed export raises)
     assert metrics["global_step"] == math.ceil(metrics["data"]["train"] / 256)  # each row once, buckets + leftovers
     out = tmp_path / "online"
     run(make_cfg("+experiment=distill", "distill=logits", "distill.teacher_logits=online", "distill.augment.copies=0",

@@ -88,4 +88,4 @@ def test_no_per_step_sync_and_the_fitting_attention(monkeypatch):
     assert trainer.global_step == 4 and not items, "".join(items[0] if items else [])
     assert "train/loss" not in trainer.progress_bar_metrics  # (Lightning reads those after every step)
     assert bar.get_metrics(trainer, module)["train/loss"] == float(trainer.callback_metrics["train/loss"])
-    assert set(seen) == {"eager"} and model.config._attn_implementation == "sdpa"  # its own again after fitting
+    assert set(seen) == {"eager"} and model.config._attn_implementation == "sdpa"  # its own again after training

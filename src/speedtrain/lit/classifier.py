@@ -45,8 +45,8 @@ class ClassifierModule(pl.LightningModule):
             ``reduce-overhead``: CUDA graphs, ...); False: eager. Evaluation stays eager (other shapes, no grad).
         fused_optimizer: on a CUDA device, ask the optimizer for its fused kernel (``fused=True``); under
             DeepSpeed with an offloaded optimizer the optimizer becomes DeepSpeed's CPU Adam.
-        attention: the model's attention implementation while fitting (``eager``, ``sdpa``; None: the model's
-            own); the model gets its own back when fitting ends (what is exported).
+        attention: the model's attention implementation while training (``eager``, ``sdpa``; None: the model's
+            own); the model gets its own back when training ends, before the export and the test.
     """
 
     def __init__(
@@ -102,7 +102,7 @@ class ClassifierModule(pl.LightningModule):
             self._own_attention = config._attn_implementation
             self.model.set_attn_implementation(self.attention)
 
-    def on_fit_end(self) -> None:
+    def on_train_end(self) -> None:  # (before the export callback's on_fit_end: the bundle gets the model's own)
         if self._own_attention is not None:
             self.model.set_attn_implementation(self._own_attention)
             self._own_attention = None
