@@ -122,11 +122,12 @@ class ClassifierModule(pl.LightningModule):
 
         Nothing here makes the GPU wait: train/loss is not a progress-bar value (Lightning turns those into Python
         numbers after every step; :class:`~speedtrain.callbacks.progress.ProgressBar` shows it at its refreshes),
-        and Python numbers are logged only on logging steps (logging one copies it to the device, a sync).
+        and Python numbers are logged only on logging steps (logging one copies it to the device, a sync). The
+        accuracy metric is logged at the epoch's end, not as a Metric object every step (Lightning moves such an
+        object to the device on each ``log``: ~1 ms of CPU per step).
         """
-        self.train_acc.update(logits.detach(), batch["labels"])  # the epoch's accuracy; no per-batch value
+        self.train_acc.update(logits.detach(), batch["labels"])  # the epoch's accuracy: logged when it ends
         self.log("train/loss", loss)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         if not self.logging_step():
             return
         step = self.trainer.global_step
@@ -139,6 +140,11 @@ class ClassifierModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._last_step_time = None
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_acc.update_count:  # (every rank's updates: torchmetrics syncs in compute)
+            self.log("train/acc", self.train_acc.compute())
+        self.train_acc.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_acc, self.val_f1)
