@@ -127,6 +127,25 @@ def test_device_batches_cover_every_row_in_length_buckets(datamodule):
     assert not all(len(a) == len(b) and (a == b).all() for a, b in zip(_rows(again, 2), groups))
 
 
+def test_online_batches_follow_the_teacher_lengths():
+    """With the teacher's tokens in the table (online distillation) a batch holds texts of one teacher-length bucket:
+    the teacher, the costlier forward, pads little; the student's width still covers its own rows."""
+    from speedtrain.data.device import DeviceTable
+
+    rng = np.random.default_rng(0)
+    n, student, teacher = 1000, rng.integers(1, 33, 1000), rng.integers(1, 65, 1000)
+    tokens = {"": (np.ones((n, 32), np.int64), student), "teacher_": (np.ones((n, 64), np.int64), teacher)}
+    table = DeviceTable({"labels": np.zeros(n, np.int64)}, tokens)
+    batches = DeviceBatches(table, batch_size=20, shuffle=True, bucket=8, seed=3)
+    rows, plan = batches.plan(0)
+    one_bucket = 0
+    for start, size, widths in plan:
+        r = rows[start : start + size]
+        assert widths[""] >= student[r].max() and widths["teacher_"] >= teacher[r].max()
+        one_bucket += int((teacher[r] > widths["teacher_"] - 8).all())
+    assert one_bucket >= len(plan) - 8  # all but the leftover batches (at most one per bucket)
+
+
 def test_device_batches_split_across_ranks(datamodule):
     table = datamodule.table("train")
     ranks = [DeviceBatches(table, batch_size=16, shuffle=True, seed=1, rank=r, world=2) for r in range(2)]
