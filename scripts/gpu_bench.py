@@ -58,6 +58,9 @@ def sync() -> None:
 class StepTimer(pl.Callback):
     """Time steps [warmup, warmup + steps) between two CUDA syncs, then stop the fit; rank 0 writes the result.
 
+    A step that compiled a new graph (a length bucket first seen inside the window) restarts the window at the
+    next step, up to ``MAX_RESTARTS`` times (``restarts`` in the result).
+
     With ``profile`` (a folder), the ``PROFILED`` steps before the timed ones also run under ``torch.profiler``
     (rank 0): the operator table sorted by GPU time and by CPU time, and a Chrome trace, land in that folder.
     """
@@ -65,15 +68,21 @@ class StepTimer(pl.Callback):
     def __init__(self, warmup: int, steps: int, out: str | None, profile: str | None = None) -> None:
         self.warmup, self.steps, self.out, self.profile = warmup, steps, out, profile
         self.started, self.samples = 0.0, 0
+        self.first, self.graphs, self.restarts, self.restart_at = warmup, 0, 0, None
         self.result: dict | None = None
         self.profiler = None
 
     def step_start(self, step: int) -> None:
+        if self.restart_at is not None and step >= self.restart_at:  # a compile spoiled the window: time again
+            self.restart_at, self.samples = None, 0
+            sync()
+            self.started, self.first, self.graphs = time.perf_counter(), step, compiled_graphs()
         if self.profile and step == self.warmup - PROFILED and self.profiler is None:
             self.profiler = torch.profiler.profile(
                 activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
             self.profiler.__enter__()
         if step == self.warmup and not self.started:
+            self.first, self.graphs = step, compiled_graphs()
             if self.profiler is not None:
                 sync()
                 self.profiler.__exit__(None, None, None)
@@ -86,11 +95,15 @@ class StepTimer(pl.Callback):
         if not self.started or self.result is not None:
             return self.result is not None
         self.samples += samples
-        if step >= self.warmup + self.steps:
+        if compiled_graphs() != self.graphs and self.restarts < MAX_RESTARTS:  # a new shape compiled in the window
+            self.restarts += 1
+            self.restart_at = step
+            return False
+        if step >= self.first + self.steps:
             sync()
             seconds = time.perf_counter() - self.started
             self.result = {"samples_per_s": self.samples / seconds, "seconds": seconds, "samples": self.samples,
-                           "steps": step - self.warmup,
+                           "steps": step - self.first, "restarts": self.restarts,
                            "max_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0}
             return True
         return False
@@ -106,6 +119,19 @@ class StepTimer(pl.Callback):
 
 
 PROFILED = 8  # steps under the profiler (before the timed ones)
+MAX_RESTARTS = 3  # a torch.compile of a new shape (a length bucket seen late) inside the window restarts it
+
+
+def most_steps(args) -> int:
+    """Steps a row may take: the warm-up, then the timed window and its restarts."""
+    return args.warmup + (MAX_RESTARTS + 1) * args.steps + 2
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has built so far in this process."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def write_profile(profiler, folder: Path) -> None:
@@ -130,6 +156,8 @@ def overrides(kind: str, devices: int, trainer: str, batch: int, steps: int, out
     ]
     if kind == "online":
         rows.append("distill.teacher_logits=online")
+    if not torch.cuda.is_available():  # the same rows on a CPU (for the tests): fp32, no compile
+        rows += ["trainer.accelerator=cpu", "trainer.precision=32-true"]
     return rows
 
 
@@ -166,9 +194,9 @@ def run_speedtrain(args) -> None:
     from speedtrain.trainer import batch_plan, build_trainer, scaled_module_config, speed_options
 
     kind, devices, trainer_name = ROWS[args.row]
-    cfg = compose_config(overrides(kind, devices, trainer_name, args.batch, args.warmup + args.steps + 2,
+    cfg = compose_config(overrides(kind, devices, trainer_name, args.batch, most_steps(args),
                                    args.work) + args.override)
-    dm, teacher = prepare_data(cfg, args.batch * devices * (args.warmup + args.steps + 8), kind == "online")
+    dm, teacher = prepare_data(cfg, args.batch * devices * (most_steps(args) + 8), kind == "online")
     timer = StepTimer(args.warmup, args.steps, args.out, args.profile)
     trainer = build_trainer(cfg, extra_callbacks=[timer])
     plan, speed = batch_plan(cfg, trainer), speed_options(cfg)
@@ -190,7 +218,7 @@ def run_plain(args) -> None:
 
     _, devices, trainer_name = ROWS[args.row]
     cfg = compose_config(overrides("online", devices, "gpu", args.batch, 1, args.work) + args.override)
-    dm, teacher = prepare_data(cfg, args.batch * devices * (args.warmup + args.steps + 8), online=True)
+    dm, teacher = prepare_data(cfg, args.batch * devices * (most_steps(args) + 8), online=True)
     train = dm.encoded["train"].rename_column("label", "labels")
     student = build_student(len(dm.tokenizer), dm.num_labels, max_length=cfg.model.max_length,
                             pad_token_id=dm.tokenizer.pad_token_id)
@@ -228,7 +256,7 @@ def run_plain(args) -> None:
     timer = StepTimer(args.warmup, args.steps, args.out, args.profile)
     strategy = {"gpu": "auto", "ddp": "ddp", "deepspeed_stage2": "deepspeed_stage_2"}[trainer_name]
     trainer = pl.Trainer(accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=devices, strategy=strategy, precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
-                         max_steps=args.warmup + args.steps + 2, logger=False, enable_checkpointing=False,
+                         max_steps=most_steps(args), logger=False, enable_checkpointing=False,
                          callbacks=[timer], limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(Plain(), train_dataloaders=loader)
 
@@ -242,7 +270,7 @@ def run_hand(args) -> None:
     from speedtrain.models.student import build_student
 
     cfg = compose_config(overrides("cache", 1, "gpu", args.batch, 1, args.work) + args.override)
-    dm, _ = prepare_data(cfg, args.batch * (args.warmup + args.steps + 8), online=False)
+    dm, _ = prepare_data(cfg, args.batch * (most_steps(args) + 8), online=False)
     cuda = torch.cuda.is_available()  # (it also runs on a CPU, eager and in fp32, for the tests)
     device = torch.device("cuda" if cuda else "cpu")
     model = build_student(len(dm.tokenizer), dm.num_labels, max_length=cfg.model.max_length,
@@ -298,10 +326,11 @@ def matmul_tflops() -> float:
 def orchestrate(args) -> None:
     from speedtrain.config import compose_config
 
-    gpus = torch.cuda.device_count()
+    cuda = torch.cuda.is_available()
+    gpus = torch.cuda.device_count() if cuda else 1  # (one CPU process: the single-device rows, for the tests)
     names = [r for r in (args.rows.split(",") if args.rows else [r for r in ROWS if r != "h1"]) if ROWS[r][1] <= gpus]
-    peak = matmul_tflops()
-    gpu_name = torch.cuda.get_device_name(0)
+    peak = matmul_tflops() if cuda else float("nan")
+    gpu_name = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"{gpu_name} x {gpus}; bf16 matmul {peak:.0f} TFLOP/s", flush=True)
     results = {}
     for name in names:

@@ -151,6 +151,7 @@ def test_device_batches_split_across_ranks(datamodule):
     ranks = [DeviceBatches(table, batch_size=16, shuffle=True, seed=1, rank=r, world=2) for r in range(2)]
     a, b = _rows(ranks[0], 0), _rows(ranks[1], 0)
     assert len(a) == len(b) and [len(x) for x in a] == [len(x) for x in b]  # the same steps on every rank
+    assert [w for *_, w in ranks[0].plan(0)[1]] == [w for *_, w in ranks[1].plan(0)[1]]  # and the same shapes
     seen = np.concatenate(a + b)
     assert set(seen.tolist()) == set(range(len(table)))  # every row; only the last batch's top-up repeats
     assert len(seen) == math.ceil(len(table) / 32) * 32 and {len(x) for x in a} == {16}

@@ -129,6 +129,7 @@ class DeviceBatches:
             rows = np.arange(n)[self.rank :: self.world]
             rows = rows[np.argsort(key[rows], kind="stable")]
             groups = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+            spans = groups
         else:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             perm = shuffled = torch.randperm(n, generator=generator).numpy()
@@ -147,13 +148,14 @@ class DeviceBatches:
             full += [rest[i : i + size] for i in range(0, len(rest), size)]
             full = [g for g in full if len(g) >= self.world]
             order = torch.randperm(len(full), generator=generator).tolist()
-            groups = []
+            groups, spans = [], []  # spans: the global batches (every rank pads its share to the same widths)
             for g in (full[i] for i in order):
                 share = len(g) // self.world
                 groups.append(g[self.rank * share : (self.rank + 1) * share])
+                spans.append(g[: share * self.world])
         batches, start = [], 0
-        for g in groups:
-            widths = {k: int(round_up(lengths[g].max(keepdims=True), self.bucket, self.widths[k])[0])
+        for g, span in zip(groups, spans):
+            widths = {k: int(round_up(lengths[span].max(keepdims=True), self.bucket, self.widths[k])[0])
                       for k, lengths in self.table.lengths.items()}
             batches.append((start, len(g), widths))
             start += len(g)
