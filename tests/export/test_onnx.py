@@ -71,3 +71,26 @@ def test_variants_match_eager(exported, batch, length):
     spread = np.abs(expected).max()
     assert np.abs(int8 - expected).max() <= 0.1 * spread  # dynamic int8 moves logits by a few % of their range
     assert (int8.argmax(1) == expected.argmax(1)).mean() >= 0.85
+
+
+def test_int8_quantizes_again_without_value_info_when_the_quantizer_fails(exported, tmp_path, monkeypatch):
+    """ONNX Runtime 1.30's quantizer rejects the fused graph's value_info (GPU machines' image): the retry without it
+    gives the same int8 model as a quantizer that accepts it."""
+    import onnxruntime.quantization as q
+
+    model, folder, _ = exported
+    real, calls = q.quantize_dynamic, []
+
+    def picky(source, *args, **kwargs):  # fails like ORT 1.30 whenever the graph carries value_info
+        calls.append(len(onnx.load(source).graph.value_info))
+        if calls[-1]:
+            raise onnx.shape_inference.InferenceError("Inferred shape and existing shape differ in dimension 0")
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(q, "quantize_dynamic", picky)
+    quantize_int8(folder / "model.onnx", tmp_path / "model.int8.onnx")
+    assert calls[0] > 0 and calls[1:] == [0] and sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]
+    ids, mask = _inputs(8, MAX_LENGTH, seed=3)
+    retried = OrtRunner(tmp_path / "model.int8.onnx", threads=1)(ids, mask)
+    direct = OrtRunner(folder / "model.int8.onnx", threads=1)(ids, mask)
+    np.testing.assert_allclose(retried, direct, atol=1e-5)
