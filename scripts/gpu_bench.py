@@ -214,14 +214,13 @@ def run_plain(args) -> None:
     from transformers import DataCollatorWithPadding
 
     from speedtrain.config import compose_config
-    from speedtrain.models.student import build_student
+    from speedtrain.pipeline import build_model
 
     _, devices, trainer_name = ROWS[args.row]
     cfg = compose_config(overrides("online", devices, "gpu", args.batch, 1, args.work) + args.override)
     dm, teacher = prepare_data(cfg, args.batch * devices * (most_steps(args) + 8), online=True)
     train = dm.encoded["train"].rename_column("label", "labels")
-    student = build_student(len(dm.tokenizer), dm.num_labels, max_length=cfg.model.max_length,
-                            pad_token_id=dm.tokenizer.pad_token_id)
+    student = build_model(cfg, dm)  # the run's student (model group), as in the other rows
     collate_student = DataCollatorWithPadding(dm.tokenizer)
 
     def collate(rows):
@@ -267,14 +266,13 @@ def run_hand(args) -> None:
     from speedtrain.config import compose_config
     from speedtrain.data.device import DeviceBatches
     from speedtrain.distill.losses import KDLoss
-    from speedtrain.models.student import build_student
+    from speedtrain.pipeline import build_model
 
     cfg = compose_config(overrides("cache", 1, "gpu", args.batch, 1, args.work) + args.override)
     dm, _ = prepare_data(cfg, args.batch * (most_steps(args) + 8), online=False)
     cuda = torch.cuda.is_available()  # (it also runs on a CPU, eager and in fp32, for the tests)
     device = torch.device("cuda" if cuda else "cpu")
-    model = build_student(len(dm.tokenizer), dm.num_labels, max_length=cfg.model.max_length,
-                          pad_token_id=dm.tokenizer.pad_token_id).to(device).train()
+    model = build_model(cfg, dm).to(device).train()
     if cfg.trainer.speed.get("attention"):
         model.set_attn_implementation(cfg.trainer.speed.attention)
     forward = torch.compile(model, dynamic=False) if cuda else model
