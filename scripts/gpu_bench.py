@@ -3,6 +3,7 @@
     python scripts/gpu_bench.py                                  # every row the visible GPUs allow
     python scripts/gpu_bench.py --rows a1,b1 --steps 100         # some rows
     python scripts/gpu_bench.py --write docs/benchmarks.md       # also append the table there
+    python scripts/gpu_bench.py --rows h1,b1 --profile prof      # + torch.profiler tables and traces per row
 
 Rows (the same data, the same student and teacher shapes, bf16-mixed, train steps only):
 
@@ -11,13 +12,17 @@ Rows (the same data, the same student and teacher shapes, bf16-mixed, train step
 * ``b``: speedtrain's defaults for the trainer (``trainer=gpu|ddp|deepspeed_stage2``: data on the device, length
   buckets, torch.compile, fused AdamW) with the teacher's logits cached (``distill=logits``), a large batch.
 * ``c``: the same with the teacher online (``distill.teacher_logits=online``), a large batch.
+* ``h1`` (only when asked for): a hand-written loop over the same GPU-resident batches (compiled student, fused
+  AdamW, bf16 autocast, the same KD loss, no Lightning): the reference that tells what the framework costs.
 
 Data: the embedded HS-code texts (train split, tokenized by the run's small-vocabulary tokenizer) repeated to
 cover the steps. The teacher is a randomly initialised model of all-MiniLM-L6-v2's shape (6 x 384, 12 heads,
 vocabulary 30,522; speed does not depend on its weights) reading the same texts at up to 64 tokens.
 
 Every row runs in its own process (DDP re-launches it per GPU); samples/s counts the steps after ``--warmup``
-(which absorbs torch.compile), between two CUDA synchronisations. MFU = model FLOPs per sample at the configured
+(which absorbs torch.compile), between two CUDA synchronisations; a window in which a new shape compiled (a length
+bucket seen late) starts again (``restarts``). Without CUDA the single-device rows run on the CPU (fp32, eager):
+that is for the tests, not a measurement. MFU = model FLOPs per sample at the configured
 lengths (training the student: 6 x non-embedding params x T + 12 x layers x T^2 x width; the online teacher's
 forward: 2 x params x T + 4 x layers x T^2 x width) x samples/s / (GPUs x the bf16 matmul rate measured here).
 """
