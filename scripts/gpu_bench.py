@@ -330,6 +330,9 @@ def orchestrate(args) -> None:
     from speedtrain.config import compose_config
 
     cuda = torch.cuda.is_available()
+    if not cuda and not args.rows:
+        sys.exit("gpu_bench.py: error: no CUDA GPU here; it measures GPUs. (On a CPU it runs only rows named with "
+                 "--rows, at a small --batch, as the tests do.)")
     gpus = torch.cuda.device_count() if cuda else 1  # (one CPU process: the single-device rows, for the tests)
     names = [r for r in (args.rows.split(",") if args.rows else [r for r in ROWS if r != "h1"]) if ROWS[r][1] <= gpus]
     peak = matmul_tflops() if cuda else float("nan")

@@ -50,3 +50,9 @@ def test_a_compile_inside_the_window_restarts_it(monkeypatch):
         step += 1
     assert timer.result["restarts"] == 1 and timer.result["steps"] == 3 and timer.result["samples"] == 30
     assert step == 7  # window [2, 5) spoiled at step 3, timed again over [4, 7)
+
+
+def test_without_a_gpu_it_asks_for_rows():
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_bench.py")], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0 and "no CUDA GPU here" in done.stderr and "--rows" in done.stderr
