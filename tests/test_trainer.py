@@ -72,6 +72,8 @@ def test_a_trainer_this_machine_cannot_run_fails_first_with_the_fix(make_cfg, mo
         check_trainer(make_cfg("+experiment=baseline", "trainer=gpu", "trainer.devices=2"))
     with pytest.raises(UserError, match=r"trainer.speed.compile='fast' is not one of"):
         check_trainer(make_cfg("+experiment=baseline", "trainer.speed.compile=fast"))
+    with pytest.raises(UserError, match=r"trainer.speed.attention='flash' is not one of"):
+        check_trainer(make_cfg("+experiment=baseline", "trainer.speed.attention=flash"))
     check_trainer(make_cfg("+experiment=baseline", "trainer=ddp", "trainer.devices=2"))  # fits: no error
 
 
