@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import DISTILL_TINY, EXPORT_TINY, REPO, TINY
+from tests.conftest import EXPORT_TINY, REPO, TINY
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_2_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
@@ -46,9 +46,10 @@ def teacher(tmp_path_factory) -> Path:
 
 def train(run_dir: Path, teacher: Path, *overrides: str) -> dict:
     """``python train.py`` a tiny distillation with export into ``run_dir``; its metrics.json."""
-    cmd = [sys.executable, str(REPO / "train.py"), *TINY, *EXPORT_TINY, *DISTILL_TINY, f"teacher.path={teacher}",
-           "teacher.max_length=24", "distill.intermediate.layer_map=[[0,0],[1,2]]", f"hydra.run.dir={run_dir}",
-           *overrides]
+    # the teacher has 2 layers; distill=logits (the online runs) has no intermediate terms to map
+    layer_map = [] if "distill=logits" in overrides else ["distill.intermediate.layer_map=[[0,0],[1,2]]"]
+    cmd = [sys.executable, str(REPO / "train.py"), *TINY, *EXPORT_TINY, "+experiment=distill",
+           f"teacher.path={teacher}", "teacher.max_length=24", *layer_map, f"hydra.run.dir={run_dir}", *overrides]
     done = subprocess.run(cmd, cwd=run_dir.parent, capture_output=True, text=True, timeout=900, env=dict(os.environ))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return json.loads((run_dir / "metrics.json").read_text())
@@ -94,17 +95,31 @@ def test_ddp_on_two_gpus(tmp_path, teacher):
     check_outputs(tmp_path / "run", metrics, world=2)
 
 
+def distill_consolidate_export_resume(tmp_path: Path, teacher: Path, trainer: str, devices: int) -> None:
+    """A DeepSpeed distillation (1 epoch), its consolidated checkpoint and bundle; then a resume to 2 epochs."""
+    extra = ["distill=logits", "distill.teacher_logits=online"] if trainer.endswith("online") else []
+    name = trainer.removesuffix("_online")
+    run_dir = tmp_path / "run"
+    common = [f"trainer={name}", f"trainer.devices={devices}", *extra]
+    first = train(run_dir, teacher, *common, "trainer.max_epochs=1")
+    assert (run_dir / "checkpoints" / "last.ckpt").is_dir()  # DeepSpeed's shards
+    check_outputs(run_dir, first, world=devices)
+    resumed = train(run_dir, teacher, *common, "trainer.max_epochs=2")
+    assert resumed["resumed_from"].endswith("last.ckpt") and resumed["global_step"] == 2 * first["global_step"]
+    check_outputs(run_dir, resumed, world=devices)
+
+
 @pytest.mark.multi_gpu
 @needs_2_gpus
 @pytest.mark.parametrize("trainer", ["deepspeed_stage2", "deepspeed_stage3", "deepspeed_stage3_online",
                                      "deepspeed_stage3_offload"])
 def test_deepspeed_distill_consolidates_exports_and_resumes(tmp_path, teacher, trainer):
-    extra = ["distill=logits", "distill.teacher_logits=online"] if trainer.endswith("online") else []
-    name = trainer.removesuffix("_online")
-    run_dir = tmp_path / "run"
-    first = train(run_dir, teacher, f"trainer={name}", "trainer.max_epochs=1", *extra)
-    assert (run_dir / "checkpoints" / "last.ckpt").is_dir()  # DeepSpeed's shards
-    check_outputs(run_dir, first, world=2)
-    resumed = train(run_dir, teacher, f"trainer={name}", "trainer.max_epochs=2", *extra)
-    assert resumed["resumed_from"].endswith("last.ckpt") and resumed["global_step"] == 2 * first["global_step"]
-    check_outputs(run_dir, resumed, world=2)
+    distill_consolidate_export_resume(tmp_path, teacher, trainer, devices=2)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("trainer", ["deepspeed_stage2", "deepspeed_stage3_online"])
+def test_deepspeed_on_one_gpu(tmp_path, teacher, trainer):
+    """ZeRO on a single GPU (world size 1): the same consolidation, bundle and resume where only one GPU is lent."""
+    distill_consolidate_export_resume(tmp_path, teacher, trainer, devices=1)

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +186,74 @@ def test_a_run_on_the_device_path(make_cfg, tmp_path, fine_tuned_teacher, monkey
                  f"paths.output_dir={out}"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["distill/teacher_logits"] == "online" and metrics["global_step"] == 8
+
+
+class ZeroStrategy:
+    """Stands in for Lightning's DeepSpeedStrategy (named so for ``speedtrain.trainer.is_deepspeed``), no CUDA."""
+
+    def __init__(self, stage: int):
+        self.zero_stage_3, self.load_full_weights = stage == 3, False
+
+    def barrier(self):
+        pass
+
+
+ZeroStrategy.__name__ = "DeepSpeedStrategy"
+
+
+class EvaluatingTrainer:
+    """Records which checkpoint validate/test were asked to load, and how."""
+
+    is_global_zero = True
+
+    def __init__(self, stage: int):
+        self.strategy, self.loaded = ZeroStrategy(stage), []
+
+    def validate(self, module, datamodule, ckpt_path, verbose):
+        self.loaded.append(("validate", ckpt_path, self.strategy.load_full_weights))
+        return [{"val/acc": 0.5}]
+
+    def test(self, module, datamodule, ckpt_path, verbose):
+        self.loaded.append(("test", ckpt_path, self.strategy.load_full_weights))
+        return [{"test/acc": 0.25}]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero3_evaluates_a_consolidated_checkpoint_and_zero2_its_shards(tmp_path, monkeypatch, stage):
+    """DeepSpeed's ZeRO-3 evaluation engine cannot load its own shards (seen on an H200, DeepSpeed 0.19.8): the
+    best checkpoint is consolidated beside them and loaded as full weights; ZeRO-2 shards load as they are."""
+    from pytorch_lightning.utilities import deepspeed
+
+    from speedtrain.pipeline import _evaluate
+
+    shards = tmp_path / "checkpoints" / "epoch01-acc0.5000.ckpt"
+    shards.mkdir(parents=True)
+    converted = []
+
+    def convert(src, dst):
+        converted.append((src, dst))
+        Path(dst).write_bytes(b"consolidated")
+
+    monkeypatch.setattr(deepspeed, "convert_zero_checkpoint_to_fp32_state_dict", convert)
+    trainer = EvaluatingTrainer(stage)
+    metrics = _evaluate(trainer, None, None, str(shards), test=True)
+    assert metrics == {"val/acc": 0.5, "test/acc": 0.25}
+    if stage == 3:
+        target = str(tmp_path / "checkpoints" / "epoch01-acc0.5000-fp32.ckpt")
+        assert converted == [(str(shards), target)]
+        assert trainer.loaded == [("validate", target, True), ("test", target, True)]
+    else:
+        assert converted == [] and trainer.loaded == [("validate", str(shards), False), ("test", str(shards), False)]
+    assert trainer.strategy.load_full_weights is False  # a later fit resumes from shards again
+
+
+def test_parameter_count_of_zero3_placeholders():
+    """ZeRO-3 leaves empty placeholders in the module; the count reads DeepSpeed's full sizes."""
+    from speedtrain.models.student import count_parameters
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3))
+    full = count_parameters(model)
+    for p in model.parameters():
+        p.ds_numel = p.numel()
+        p.data = torch.empty(0)
+    assert count_parameters(model) == full == {"params_total": 55, "params_non_embedding": 55}

@@ -336,7 +336,32 @@ def _evaluate(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, te
     """val/* (and test/*) metrics of the checkpoint at ``ckpt_path`` (None: the weights in memory)."""
     metrics = {}
     stages = [trainer.validate] + ([trainer.test] if test else [])
-    for stage in stages:
-        for result in stage(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
-            metrics.update({k: float(v) for k, v in result.items()})
+    zero3 = is_deepspeed(trainer) and trainer.strategy.zero_stage_3 and ckpt_path and Path(ckpt_path).is_dir()
+    if zero3:
+        ckpt_path = _consolidated(trainer, ckpt_path)
+        trainer.strategy.load_full_weights = True  # a single file, loaded into the gathered parameters
+    try:
+        for stage in stages:
+            for result in stage(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
+                metrics.update({k: float(v) for k, v in result.items()})
+    finally:
+        if zero3:
+            trainer.strategy.load_full_weights = False
     return metrics
+
+
+def _consolidated(trainer: pl.Trainer, shards: str) -> str:
+    """A ZeRO-3 checkpoint (a folder of shards) consolidated to one fp32 Lightning checkpoint beside it
+    (``<name>-fp32.ckpt``), which validate/test load through Lightning's ``load_full_weights``.
+
+    DeepSpeed's ZeRO-3 engine for evaluation has no optimizer and cannot load its own shards (DeepSpeed 0.19:
+    ``'DeepSpeedZeRoOffload' object has no attribute '_restore_from_bit16_weights'``, seen on an H200); ZeRO-1/2
+    shards load natively.
+    """
+    from pytorch_lightning.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    target = Path(shards).with_name(Path(shards).stem + "-fp32.ckpt")
+    if trainer.is_global_zero:
+        convert_zero_checkpoint_to_fp32_state_dict(shards, str(target))
+    trainer.strategy.barrier()  # every rank reads the file; rank 0 loads it into the gathered parameters
+    return str(target)

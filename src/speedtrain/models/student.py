@@ -67,6 +67,9 @@ def build_student(
 
 def count_parameters(model) -> dict[str, int]:
     """Total parameters and those outside the embedding tables (what costs compute per token)."""
-    total = sum(p.numel() for p in model.parameters())
-    embeddings = sum(p.numel() for n, p in model.named_parameters() if ".embeddings." in f".{n}")
+    def numel(p) -> int:  # DeepSpeed ZeRO-3 leaves an empty placeholder; the full size is ``ds_numel``
+        return getattr(p, "ds_numel", p.numel())
+
+    total = sum(numel(p) for p in model.parameters())
+    embeddings = sum(numel(p) for n, p in model.named_parameters() if ".embeddings." in f".{n}")
     return {"params_total": total, "params_non_embedding": total - embeddings}
