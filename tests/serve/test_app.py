@@ -107,10 +107,18 @@ def test_predictions_equal_the_predictor(server, tiny_bundle, texts):
     got = body["predictions"]
     assert [p["label"] for p in got] == [p["label"] for p in expected]
     assert all(abs(a["score"] - b["score"]) < 1e-5 for a, b in zip(got, expected))
-    status, _, one = post(server, {"text": texts[3]})  # the single-text form
-    assert status == 200 and one["predictions"] == [got[3]]
-    status, _, again = post(server, {"texts": texts[:5]})  # answered from the cache now: same answers
-    assert again["predictions"] == got[:5]
+    # The single-text form. Two workers, each with its own cache: the one that computed the batch answers from its
+    # cache, the other computes the text alone, and a dynamic-INT8 model's scores move a little (~1e-3) with the
+    # batch a text is computed in (activation scales per batch). Either answer, to float precision.
+    status, _, one = post(server, {"text": texts[3]})
+    alone = Predictor.load(tiny_bundle, cache_size=0).predict([texts[3]])
+    assert status == 200 and (same(one["predictions"], [got[3]]) or same(one["predictions"], alone))
+
+
+def same(a: list[dict], b: list[dict], tol: float = 1e-6) -> bool:
+    """The same labels, and scores within ``tol``."""
+    return [p["label"] for p in a] == [p["label"] for p in b] and all(
+        abs(x["score"] - y["score"]) < tol for x, y in zip(a, b, strict=True))
 
 
 def test_concurrent_requests_are_batched_and_counted(server, tiny_bundle):
