@@ -339,14 +339,14 @@ def _evaluate(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, te
     zero3 = is_deepspeed(trainer) and trainer.strategy.zero_stage_3 and ckpt_path and Path(ckpt_path).is_dir()
     if zero3:
         ckpt_path = _consolidated(trainer, ckpt_path)
-        trainer.strategy.load_full_weights = True  # a single file, loaded into the gathered parameters
+        configured, trainer.strategy.load_full_weights = trainer.strategy.load_full_weights, True  # one file
     try:
         for stage in stages:
             for result in stage(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False):
                 metrics.update({k: float(v) for k, v in result.items()})
     finally:
         if zero3:
-            trainer.strategy.load_full_weights = False
+            trainer.strategy.load_full_weights = configured  # a later fit resumes from the shards
     return metrics
 
 
