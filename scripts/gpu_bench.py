@@ -109,7 +109,8 @@ class StepTimer(pl.Callback):
             seconds = time.perf_counter() - self.started
             self.result = {"samples_per_s": self.samples / seconds, "seconds": seconds, "samples": self.samples,
                            "steps": step - self.first, "restarts": self.restarts,
-                           "max_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0}
+                           "max_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available()
+                           else 0.0}
             return True
         return False
 
@@ -259,7 +260,9 @@ def run_plain(args) -> None:
                         pin_memory=True, persistent_workers=True)
     timer = StepTimer(args.warmup, args.steps, args.out, args.profile)
     strategy = {"gpu": "auto", "ddp": "ddp", "deepspeed_stage2": "deepspeed_stage_2"}[trainer_name]
-    trainer = pl.Trainer(accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=devices, strategy=strategy, precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
+    cuda = torch.cuda.is_available()  # (on a CPU only for the tests)
+    trainer = pl.Trainer(accelerator="gpu" if cuda else "cpu", devices=devices, strategy=strategy,
+                         precision="bf16-mixed" if cuda else "32-true",
                          max_steps=most_steps(args), logger=False, enable_checkpointing=False,
                          callbacks=[timer], limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(Plain(), train_dataloaders=loader)
@@ -398,7 +401,7 @@ def markdown(results: dict, gpu_name: str, gpus: int, peak: float, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="", help="comma-separated rows (default: all the GPUs allow)")
     parser.add_argument("--batch", type=int, default=16384, help="per-GPU batch of (b)")
@@ -414,7 +417,7 @@ def main() -> None:
     parser.add_argument("--row", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.row:
         return orchestrate(args)
     import speedtrain  # noqa: F401  (registers the config's resolvers)

@@ -171,8 +171,11 @@ def test_a_run_on_the_device_path(make_cfg, tmp_path, fine_tuned_teacher, monkey
 
     exported = []  # the attention of the model the export callback builds the bundle from
     build = export_bench.build_bundle
-    monkeypatch.setattr(export_bench, "build_bundle",
-                        lambda model, *a, **k: exported.append(model.config._attn_implementation) or build(model, *a, **k))
+    def recording(model, *args, **kwargs):
+        exported.append(model.config._attn_implementation)
+        return build(model, *args, **kwargs)
+
+    monkeypatch.setattr(export_bench, "build_bundle", recording)
     run(make_cfg("+experiment=baseline", "trainer.speed.data_on_device=true", "trainer.limit_train_batches=null",
                  "trainer.max_epochs=1", "data.batch_size=256", "trainer.speed.attention=eager", *EXPORT_TINY))
     assert exported == ["sdpa"]  # trained with eager attention, exported with the model's own
