@@ -3,8 +3,8 @@
 # x86-64, into ./.whl (git-ignored through .git/info/exclude): carry .whl to the GPU machine and there run
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/src
 # Runs after the workplace's own wheel script (hydra, datasets, deepspeed, wandb, ...) where there is one; adds the
-# packages that one misses (Hydra's launcher/sweeper plugins, jsonschema, orjson): without them a run there stops at an ImportError
-# before any GPU work.
+# packages that one misses (Hydra's launcher/sweeper plugins, jsonschema, orjson): without them a run there stops
+# at an ImportError before any GPU work.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
