@@ -11,7 +11,8 @@ A row is one trained model (one seed of a student, or a peer)::
     texts_per_s  texts/s at the largest benchmark batch, all cores, tokenization included
     p50_ms       batch-1 latency, one thread, tokenization included
     params       learned numbers (None when unknown)
-    ...          anything else (variant, job, fit_s, size_mb, speed): kept in the csv
+    speed        "e2e" (with tokenization) or "model" (model time only: marked † in the table)
+    ...          anything else (batch, variant, job, fit_s, size_mb): kept in the csv
 
 The csv keeps one row per seed; the markdown table and the plot aggregate the seeds of a model (mean ± sample
 std). A model is on the Pareto frontier when no other model is at least as accurate and at least as fast and
@@ -32,7 +33,8 @@ COLUMNS = ["model", "kind", "seed", "test_acc", "texts_per_s", "p50_ms", "params
 
 def aggregate(rows: Sequence[dict]) -> list[dict]:
     """One entry per (model, kind), in the order of first appearance: ``n`` rows, ``acc``/``acc_std``,
-    ``texts_per_s``/``texts_per_s_std``, ``p50_ms`` (means; std 0.0 for one row), ``params`` (the first known)."""
+    ``texts_per_s``/``texts_per_s_std``, ``p50_ms`` (means; std 0.0 for one row), ``params`` (the first known),
+    ``model_time_only`` (a row's speed is ``"model"``: measured without tokenization)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["kind"]), []).append(row)
@@ -44,6 +46,7 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
             entry[name] = statistics.fmean(values) if values else None
             entry[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
         entry["params"] = next((r["params"] for r in members if r.get("params") is not None), None)
+        entry["model_time_only"] = any(r.get("speed") == "model" for r in members)
         out.append(entry)
     return out
 
@@ -82,14 +85,18 @@ def markdown_table(rows: Sequence[dict], batch: int | None = None) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
     for e in entries:
         name = f"**{e['model']}**" if e["front"] else e["model"]
+        mark = " †" if e["model_time_only"] else ""
         cells = [name, e["kind"], str(e["n"]) if e["kind"] == "student" else "–",
-                 _mean_std(e["acc"], e["acc_std"], 2), _mean_std(e["texts_per_s"], e["texts_per_s_std"], 0),
-                 _num(e["p50_ms"], 3), _params(e["params"])]
+                 _mean_std(e["acc"], e["acc_std"], 2), _mean_std(e["texts_per_s"], e["texts_per_s_std"], 0) + mark,
+                 _num(e["p50_ms"], 3) + mark, _params(e["params"])]
         if fast_ref is not None:
             cells.append(_ratio(e["texts_per_s"] / fast_ref) if e["texts_per_s"] and fast_ref else "–")
         if acc_ref is not None:
             cells.append(f"{e['acc'] - acc_ref:+.2f}" if e["acc"] is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    if any(e["model_time_only"] for e in entries):
+        lines += ["", "† model time only, without tokenization (the job's metrics.json predates the end-to-end "
+                      "numbers): not comparable with the other rows."]
     return "\n".join(lines) + "\n"
 
 
@@ -157,7 +164,9 @@ def write_frontier(folder: str | Path, rows: Sequence[dict], batch: int | None =
     folder.mkdir(parents=True, exist_ok=True)
     flat = [{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()} for row in rows]
     table = pd.DataFrame([{k: row.get(k) for k in COLUMNS} | row for row in flat])
-    table["seed"] = table["seed"].astype("Int64")  # peers have none: keep 1, not 1.0
+    for column in ("seed", "batch"):  # missing in some rows: keep 1, not 1.0
+        if column in table:
+            table[column] = table[column].astype("Int64")
     order = sorted(range(len(rows)), key=lambda i: -(rows[i].get("texts_per_s") or 0.0))
     paths = {"csv": folder / "frontier.csv", "md": folder / "frontier.md", "png": folder / "frontier.png"}
     table.iloc[order].to_csv(paths["csv"], index=False)

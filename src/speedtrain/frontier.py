@@ -1,0 +1,181 @@
+"""The accuracy–speed frontier of a sweep: its students against peer baselines trained on the same split.
+
+    python train.py -m +experiment=frontier seed=1,2,3      # conf/experiment/frontier.yaml registers the callback
+
+:class:`FrontierReport` (a Hydra callback) runs when the multirun ends. It reads every job folder
+``<sweep dir>/<n>/`` with a ``metrics.json``, fits and measures the peers (:mod:`speedtrain.bench.peers`) on the
+split of the first job's config, and writes ``frontier.csv``, ``frontier.md`` and ``frontier.png`` into the sweep
+folder (:mod:`speedtrain.bench.frontier`); when the jobs logged to W&B, it logs the table and the plot to a new
+W&B run there too.
+
+What it takes from a job:
+
+==============  ====================================================================================
+model           ``.hydra/hydra.yaml``: ``hydra.runtime.choices.model``
+seed            ``metrics["seed"]``
+test_acc        ``metrics["test/acc"] * 100``
+params          ``metrics["params"]["params_total"]``
+texts_per_s     ``metrics["bundle"]["e2e_texts_per_s"]`` (the fast variant through the Predictor, largest
+                benchmark batch); else the largest batch of ``fast_texts_per_s`` (model time only)
+p50_ms          ``metrics["bundle"]["e2e_p50_ms"]``; else ``fast_p50_ms``
+variant         ``metrics["bundle"]["fast"]`` (and ``fast_acc``: its test accuracy, points)
+==============  ====================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from speedtrain.errors import exit_on_user_error
+
+log = logging.getLogger(__name__)
+
+
+def job_dirs(sweep_dir: str | Path) -> list[Path]:
+    """The job folders of ``sweep_dir`` that finished (hold ``metrics.json``), by job number."""
+    jobs = [p.parent for p in Path(sweep_dir).glob("*/metrics.json")]
+    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def student_row(job_dir: str | Path) -> dict:
+    """The frontier row of one finished job (see the module docstring)."""
+    job_dir = Path(job_dir)
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    hydra_file = job_dir / ".hydra" / "hydra.yaml"
+    model = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices.model") if hydra_file.is_file() \
+        else None
+    bundle = metrics.get("bundle") or {}
+    texts_per_s, p50, speed, extra = bundle.get("e2e_texts_per_s"), bundle.get("e2e_p50_ms"), "e2e", {}
+    if texts_per_s is None and bundle.get("fast_texts_per_s"):  # metrics.json written before the e2e keys
+        by_batch = bundle["fast_texts_per_s"]
+        batch = max(by_batch, key=int)
+        texts_per_s, p50, speed, extra = by_batch[batch], bundle.get("fast_p50_ms"), "model", {"batch": int(batch)}
+    test_acc = metrics.get("test/acc")
+    return {"model": model or job_dir.name, "kind": "student", "seed": metrics.get("seed"),
+            "test_acc": None if test_acc is None else 100 * test_acc,
+            "texts_per_s": texts_per_s, "p50_ms": p50, "params": (metrics.get("params") or {}).get("params_total"),
+            "variant": bundle.get("fast"), "fast_acc": bundle.get("fast_accuracy"),
+            "speed": speed if texts_per_s is not None else None, "job": job_dir.name, **extra}
+
+
+def job_config(job_dir: str | Path) -> DictConfig:
+    """The config a job ran with (``<job>/.hydra/config.yaml``), its ``paths.output_dir`` set to the job."""
+    cfg = OmegaConf.load(Path(job_dir) / ".hydra" / "config.yaml")
+    cfg.paths.output_dir = str(job_dir)  # ${hydra:runtime.output_dir} resolves only inside the job
+    return cfg
+
+
+def peer_rows(cfg: DictConfig, peers: Sequence[str], work_dir: str | Path) -> list[dict]:
+    """Fit and measure ``peers`` on the split ``cfg`` trains on, with its benchmark settings (``export.bench``).
+
+    The split comes from the same DataModule the jobs built (``build_datamodule(cfg).prepare()``), so the peers
+    see exactly the students' train/validation/test texts. fastText's temporary file goes under ``work_dir``.
+    """
+    from speedtrain.bench.latency import BenchOptions
+    from speedtrain.bench.peers import fit_and_measure
+    from speedtrain.pipeline import build_datamodule
+
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare()
+    options = BenchOptions(**OmegaConf.to_container(cfg.export.bench, resolve=True))
+    return fit_and_measure(list(peers), datamodule.splits, options, work_dir=work_dir)
+
+
+def frontier_report(sweep_dir: str | Path, peers: Sequence[str] = ("tfidf_lr", "fasttext"),
+                    wandb: bool | None = None) -> dict[str, Path] | None:
+    """Write ``frontier.csv``/``.md``/``.png`` of the sweep in ``sweep_dir``, peers included.
+
+    Args:
+        sweep_dir: the multirun folder (``hydra.sweep.dir``).
+        peers: names in :data:`speedtrain.bench.peers.PEERS` (an empty list: students only).
+        wandb: log to a new W&B run in ``sweep_dir``; None: when the jobs used the W&B logger.
+
+    Returns:
+        The paths :func:`speedtrain.bench.frontier.write_frontier` wrote; None when no job finished.
+    """
+    from speedtrain.bench.frontier import write_frontier
+
+    sweep_dir = Path(sweep_dir)
+    jobs = job_dirs(sweep_dir)
+    if not jobs:
+        log.warning("Frontier: no finished job (with metrics.json) in %s; nothing written", sweep_dir)
+        return None
+    rows = [student_row(job) for job in jobs]
+    cfg = job_config(jobs[0])
+    rows += [{**peer, "seed": None} for peer in peer_rows(cfg, peers, sweep_dir)] if peers else []
+    batch = max(OmegaConf.select(cfg, "export.bench.batch_sizes", default=[0]) or [0]) or None
+    for row in rows:
+        if row["kind"] == "student" and row["texts_per_s"] is not None:
+            row.setdefault("batch", batch)  # e2e_texts_per_s: the largest benchmark batch
+    paths = write_frontier(sweep_dir, rows, batch)
+    log.info("Frontier: %s (and .md, .png)", paths["csv"])
+    if wandb is None:
+        wandb = OmegaConf.select(cfg, "logger.wandb._target_", default=None) is not None
+    if wandb:
+        log_to_wandb(cfg, sweep_dir, rows, paths["png"])
+    return paths
+
+
+def log_to_wandb(cfg: DictConfig, sweep_dir: Path, rows: list[dict], png: Path) -> None:
+    """Log the frontier to a new W&B run (job type ``frontier``) in the sweep's group, its files under
+    ``sweep_dir``: offline unless ``WANDB_API_KEY`` is set (or ``logger.wandb.offline`` says)."""
+    import wandb
+
+    from speedtrain.bench.frontier import log_frontier
+    from speedtrain.loggers import finish_wandb
+
+    node = cfg.logger.wandb
+    offline = node.get("offline")
+    if offline is None:
+        offline = not os.environ.get("WANDB_API_KEY")
+    mode = os.environ.get("WANDB_MODE") or ("offline" if offline else "online")
+    root = sweep_dir / "wandb"
+    env = {"WANDB_DIR": sweep_dir, "WANDB_DATA_DIR": root / "data", "WANDB_CACHE_DIR": root / "cache",
+           "WANDB_CONFIG_DIR": root / "config", "WANDB_ARTIFACT_DIR": root / "artifacts", "WANDB_CONSOLE": "off"}
+    saved = {var: os.environ.get(var) for var in env}
+    finish_wandb()  # the last job's run, if the launcher ran the jobs in this process
+    try:
+        for var, value in env.items():
+            if isinstance(value, Path):
+                value.mkdir(parents=True, exist_ok=True)
+            os.environ[var] = str(value)
+        task = cfg.get("task_name", "train")
+        slug = "_".join(sweep_dir.parts[-2:])  # as the jobs' group: <task>-sweep-<date>_<time>
+        run = wandb.init(project=node.get("project"), entity=node.get("entity"), group=f"{task}-sweep-{slug}",
+                         job_type="frontier", name=f"frontier-{slug}", tags=[task, "frontier"],
+                         dir=str(sweep_dir), mode=mode, config={"sweep_dir": str(sweep_dir)})
+        try:
+            log_frontier(run, rows, png)
+        finally:
+            run.finish()
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+class FrontierReport(Callback):
+    """Hydra callback: the accuracy–speed frontier of the sweep when a multirun ends (module docstring).
+
+    Args:
+        peers: peer names (``tfidf_lr``, ``fasttext``); fastText is skipped with a warning when not installed.
+        wandb: log to W&B; None: when the jobs used the W&B logger.
+    """
+
+    def __init__(self, peers: Sequence[str] = ("tfidf_lr", "fasttext"), wandb: bool | None = None) -> None:
+        self.peers = [str(p) for p in peers]
+        self.wandb = wandb
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        with exit_on_user_error():
+            frontier_report(config.hydra.sweep.dir, self.peers, self.wandb)

@@ -1,0 +1,89 @@
+"""The FrontierReport callback on a fake sweep: students from the job folders, peers on the jobs' own split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from speedtrain.config import compose_config, config_dir
+from speedtrain.frontier import FrontierReport, student_row
+from tests.conftest import EXPORT_TINY, TINY, write_csv
+
+
+def _job(sweep: Path, num: int, cfg, model: str, metrics: dict | None) -> Path:
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, job / ".hydra" / "config.yaml")
+    OmegaConf.save({"hydra": {"runtime": {"choices": {"model": model}}}}, job / ".hydra" / "hydra.yaml")
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    return job
+
+
+def _metrics(seed: int, acc: float, bundle: dict) -> dict:
+    return {"seed": seed, "test/acc": acc, "val/acc": acc, "params": {"params_total": 1_070_000},
+            "bundle": {"fast": "onnx_int8", "fast_accuracy": 100 * acc, **bundle}}
+
+
+def test_frontier_report_writes_students_and_peers(tmp_path, product_rows):
+    data = write_csv(tmp_path / "products.csv", product_rows)
+    cfg = compose_config([*TINY, *EXPORT_TINY, "+experiment=frontier", "logger=wandb", "data=files",
+                          f"data.train={data}", "data.text_column=title", "data.label_column=cat",
+                          f"paths.output_dir={tmp_path / 'unused'}"])
+    sweep = tmp_path / "multirun" / "2026-12-01" / "10-00-00"
+    _job(sweep, 0, cfg, "bert_tiny", _metrics(1, 0.91, {"e2e_texts_per_s": 2300.0, "e2e_p50_ms": 0.7,
+                                                        "fast_texts_per_s": {"1": 2000.0, "8": 3600.0}}))
+    _job(sweep, 1, cfg, "bert_mini", _metrics(1, 0.93, {"fast_texts_per_s": {"1": 900.0, "8": 1500.0},
+                                                        "fast_p50_ms": 1.2}))  # before the e2e keys
+    _job(sweep, 2, cfg, "static", None)  # failed: no metrics.json
+
+    shipped = OmegaConf.load(config_dir() / "experiment" / "frontier.yaml").hydra.callbacks.frontier
+    callback = instantiate(shipped)  # as Hydra builds it from +experiment=frontier
+    assert isinstance(callback, FrontierReport) and callback.peers == ["tfidf_lr", "fasttext"]
+    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+
+    table = pd.read_csv(sweep / "frontier.csv").set_index("model")
+    assert sorted(table.index) == ["bert_mini", "bert_tiny", "fasttext", "tfidf_lr"]
+    assert table.loc["bert_tiny", "texts_per_s"] == 2300.0 and table.loc["bert_tiny", "speed"] == "e2e"
+    assert table.loc["bert_mini", "texts_per_s"] == 1500.0 and table.loc["bert_mini", "speed"] == "model"
+    assert table.loc["bert_tiny", "test_acc"] == 91.0 and table.loc["bert_tiny", "params"] == 1_070_000
+    assert (table.loc[["fasttext", "tfidf_lr"], "kind"] == "peer").all()
+    assert (table.loc[["fasttext", "tfidf_lr"], "test_acc"] > 50).all()  # 3 classes told apart by their nouns
+    assert (table.loc[["fasttext", "tfidf_lr"], "texts_per_s"] > 0).all()
+    md = (sweep / "frontier.md").read_text()
+    assert "† model time only" in md and md.count(" †") == 2  # bert_mini's texts/s and p50
+    assert table.loc["bert_mini", "batch"] == 8 and table.loc["bert_tiny", "batch"] == 8
+    assert "texts/s b8" in md and "× fastText texts/s" in md and "| tfidf_lr | peer |" in md.replace("**", "")
+    assert (sweep / "frontier.png").stat().st_size > 10_000
+    # W&B: one offline run with the table, all of it under the sweep folder; no fastText file left behind
+    (run_file,) = sweep.glob("wandb/offline-run-*/run-*.wandb")
+    assert run_file.stat().st_size > 0
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "2", "frontier.csv", "frontier.md", "frontier.png",
+                                                         "wandb"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun", "products.csv"]
+
+
+def test_student_row_without_a_bundle(tmp_path):
+    job = tmp_path / "3"
+    job.mkdir()
+    (job / "metrics.json").write_text(json.dumps({"seed": 7, "test/acc": 0.5, "params": {"params_total": 10}}))
+    row = student_row(job)
+    assert row["model"] == "3" and row["seed"] == 7 and row["test_acc"] == 50.0
+    assert row["texts_per_s"] is None and row["p50_ms"] is None and row["speed"] is None
+
+
+def test_frontier_experiment(tmp_path):
+    """+experiment=frontier: the distill recipe with logits only, two ONNX variants, three families swept."""
+    cfg = compose_config(["+experiment=frontier", f"paths.output_dir={tmp_path}"])
+    assert cfg.task_name == "frontier" and cfg.module._target_ == "speedtrain.lit.distill.DistillModule"
+    assert "intermediate" not in cfg.distill and cfg.distill.teacher_logits == "cache"
+    assert list(cfg.export.variants) == ["onnx", "onnx_int8"] and cfg.export.teacher is False
+    assert cfg.trainer.max_epochs == 5 and cfg.data.batch_size == 32  # as +experiment=distill
+    hydra = OmegaConf.load(config_dir() / "experiment" / "frontier.yaml").hydra
+    assert hydra.sweeper.params.model == "static,bert_tiny,bert_mini"
+    mini = compose_config(["+experiment=frontier", "model=bert_mini", f"paths.output_dir={tmp_path}"])
+    assert mini.model.hidden_size == 256  # a swept model= beats the experiment's default
