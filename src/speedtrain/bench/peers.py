@@ -225,9 +225,11 @@ def measure_peer(peer: Peer, texts: list[str], labels: list[int], options: Bench
     """
     try:
         from threadpoolctl import ThreadpoolController  # installed with scikit-learn
+
+        controller = ThreadpoolController()
     except ImportError:  # no scikit-learn: no BLAS pool to limit
-        ThreadpoolController = None
-    controller, limiter = ThreadpoolController and ThreadpoolController(), []
+        controller = None
+    limiter = []
 
     def make_predict(threads: int | None):
         while limiter:
