@@ -121,7 +121,7 @@ def _params(value: int | None) -> str:
 
 
 def plot(rows: Sequence[dict], path: str | Path, batch: int | None = None) -> None:
-    """Accuracy vs texts/s (log x): students ●, peers ■, error bars over seeds, the Pareto frontier as a step line."""
+    """Accuracy vs texts/s (log x): students ●, peers ■, error bars over seeds, the Pareto frontier as steps."""
     import matplotlib
 
     matplotlib.use("Agg")
