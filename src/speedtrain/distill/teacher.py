@@ -23,6 +23,7 @@ from speedtrain.data.datamodule import TextDataModule
 from speedtrain.data.tokenizer import save_atomically
 from speedtrain.distill.augment import word_dropout_variants
 from speedtrain.distill.logit_cache import cached_teacher_outputs, weights_digest
+from speedtrain.distill.ngram_teacher import ensemble_logits
 from speedtrain.errors import UserError
 from speedtrain.models.teacher import load_classifier, load_tokenizer, resolve_source
 
@@ -121,10 +122,19 @@ def attach_teacher(
         hidden_layers: teacher layers whose pooled hidden states are cached beside the logits
             (``teacher_hidden``), for intermediate distillation without the teacher online.
 
+    With a ``teacher_cfg.ngram`` node (``teacher=ensemble``) the cached logits are the combination of the
+    transformer's with an n-gram model's (:func:`~speedtrain.distill.ngram_teacher.ensemble_logits`), and
+    ``teacher/val_acc``, ``teacher/test_acc`` and ``teacher/params`` are the ensemble's.
+
     Returns:
         ``teacher/val_acc``, ``teacher/test_acc``, ``teacher/params``, ``teacher/logits_from_cache``,
         ``distill/transfer_set`` (training inputs including the variants); and the teacher when ``online``.
     """
+    ngram = teacher_cfg.get("ngram")
+    if ngram and online:
+        raise UserError("teacher=ensemble adds an n-gram model's logits to the cached teacher logits, so it cannot run "
+                        "online (distill.teacher_logits=online, or token-level intermediate terms with the teacher's "
+                        "tokenizer): use distill.teacher_logits=cache (distill=logits), or teacher=minilm")
     path = str(path)
     teacher = load_classifier(path, num_labels=datamodule.num_labels, fine_tuned=True)
     names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
@@ -137,9 +147,10 @@ def attach_teacher(
     def outputs_of(texts: list[str], layers: tuple[int, ...] = ()) -> tuple[dict[str, np.ndarray], bool]:
         return cached_teacher_outputs(path, teacher, tokenizer, texts, teacher_cfg.max_length, cache_dir, layers)
 
+    evaluated = {}
     for split, key in (("validation", "val"), ("test", "test")):  # the teacher's own accuracy (cached logits)
         ds = datamodule.splits[split]
-        logits = outputs_of(list(ds["text"]))[0]["logits"]
+        evaluated[split] = logits = outputs_of(list(ds["text"]))[0]["logits"]
         metrics[f"teacher/{key}_acc"] = float(np.mean(logits.argmax(1) == np.asarray(ds["label"])))
     train = datamodule.splits["train"]
     texts = list(train["text"])
@@ -156,6 +167,11 @@ def attach_teacher(
         extra, extra_cached = outputs_of(texts_all[len(texts):], hidden_layers)
         outputs = {k: np.concatenate([v, extra[k]]) for k, v in outputs.items()}
         cached = cached and extra_cached
+    if ngram:  # teacher=ensemble
+        node = OmegaConf.to_container(ngram, resolve=True)
+        outputs["logits"], ensemble = ensemble_logits(node, teacher_cfg.seed, datamodule.splits, variants,
+                                                      {**evaluated, "train": outputs["logits"]}, cache_dir)
+        metrics.update(ensemble, **{"teacher/params": metrics["teacher/params"] + ensemble["teacher/ngram_params"]})
     datamodule.attach_teacher_logits(outputs["logits"], outputs.get("hidden"))
     metrics["teacher/logits_from_cache"] = cached
     return metrics, None
