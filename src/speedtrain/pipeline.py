@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import AutoConfig
 
 from speedtrain.bench.latency import BenchOptions
@@ -200,6 +200,10 @@ def prepare_distillation(
     d = cfg.distill
     augment = OmegaConf.to_container(d.augment, resolve=True) if d.get("augment") else None
     inter = d.get("intermediate")
+    if inter is not None and cfg.model.get("num_hidden_layers") is None:
+        log.warning("The student (model=%s) has no hidden layers to match the teacher's: distilling logits only "
+                    "(distill=logits)", _model_name(cfg))
+        inter = None
     teacher_config = None
     if inter is not None:  # check the layer map before any teacher work
         teacher_config = AutoConfig.from_pretrained(resolve_source(str(teacher_dir)))
@@ -221,9 +225,13 @@ def prepare_distillation(
 
 
 def build_model(cfg: DictConfig, datamodule: TextDataModule):
-    """The student of ``cfg.model``, sized to the datamodule's tokenizer and labels."""
+    """The student of ``cfg.model`` (its ``recipe`` is for the experiments, not the builder), sized to the
+    datamodule's tokenizer and labels."""
+    node = cfg.model.copy()
+    with open_dict(node):
+        node.pop("recipe", None)
     return instantiate(
-        cfg.model,
+        node,
         vocab_size=len(datamodule.tokenizer),
         num_labels=datamodule.num_labels,
         pad_token_id=datamodule.tokenizer.pad_token_id,
@@ -316,9 +324,21 @@ def check_config(cfg: DictConfig) -> None:
     epochs = cfg.trainer.get("max_epochs")
     if epochs is not None and epochs != -1 and epochs <= 0:
         raise UserError(f"trainer.max_epochs={epochs} must be positive (or -1 for no limit)")
-    export_options(cfg)
+    options = export_options(cfg)
+    if options is not None and options.prune.enabled and cfg.model.get("intermediate_size") is None:
+        raise UserError(f"export.prune.enabled=true prunes a transformer's feed-forward layers; model={_model_name(cfg)}"
+                        " has none: pass export.prune.enabled=false (or a BERT student, e.g. model=bert_tiny)")
     if cfg.objective.split("/")[0] not in ("val", "test"):
         raise UserError(f"objective={cfg.objective!r} must be a val/ or test/ metric, e.g. objective=val/acc")
+
+
+def _model_name(cfg: DictConfig) -> str:
+    """The model group's choice (``static``, ``bert_tiny``, ...) when Hydra composed ``cfg``, else its builder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get("model"))
+    return str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
 def _missing_keys(node: DictConfig, prefix: str = ""):

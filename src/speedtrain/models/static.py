@@ -1,0 +1,150 @@
+"""The ``static`` student: a fastText-style bag of word-piece and hashed n-gram embeddings with a small head.
+
+No attention and no per-token layers: a text costs one embedding lookup per token and n-gram, a mean, and a
+head. The n-grams are hashed from the token ids *inside* the model, so it takes the same
+``(input_ids, attention_mask)`` as the BERT students and every export, bundle and server path works unchanged.
+Word pieces stand in for fastText's character n-grams (an unseen word still splits into known pieces); hashed
+piece bigrams (and trigrams) carry word order, within and across words.
+
+    model = build_static_student(vocab_size=5000, num_labels=96, hidden_size=128, ngram=2, buckets=2**17)
+    model(input_ids=ids, attention_mask=mask).logits  # (B, C)
+
+It is a ``transformers`` ``PreTrainedModel`` registered as ``speedtrain_static``: ``save_pretrained`` writes
+``config.json`` + ``model.safetensors`` and ``AutoModelForSequenceClassification`` loads it once
+``speedtrain.models`` is imported.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from speedtrain.errors import UserError
+
+HASH_PRIME = 1_000_003  # n-gram hash: ((a * P + b) * P + c) mod buckets; < 2^63 for trigrams of a 1M vocabulary
+
+
+class StaticConfig(PretrainedConfig):
+    """Sizes of :class:`StaticForSequenceClassification`.
+
+    Args:
+        vocab_size: word pieces (rows ``0 .. vocab_size - 1`` of the table).
+        hidden_size: embedding width D.
+        ngram: longest n-gram of word pieces (1: unigrams only; 2: + bigrams; 3: + trigrams).
+        buckets: hashed n-gram rows (after the vocabulary rows).
+        head_hidden: width of a GELU layer before the classifier (0: a linear classifier on the mean).
+        dropout: dropout on the pooled vector while training.
+        max_position_embeddings: longest input in tokens (``max_length`` is a generation setting in ``transformers``).
+    """
+
+    model_type = "speedtrain_static"
+
+    def __init__(self, vocab_size: int = 5000, hidden_size: int = 128, ngram: int = 2, buckets: int = 2**17,
+                 head_hidden: int = 0, dropout: float = 0.1, max_position_embeddings: int = 64, pad_token_id: int = 0,
+                 **kwargs):
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.vocab_size, self.hidden_size, self.ngram, self.buckets = vocab_size, hidden_size, ngram, buckets
+        self.head_hidden, self.dropout = head_hidden, dropout
+        self.max_position_embeddings = max_position_embeddings
+
+
+class StaticForSequenceClassification(PreTrainedModel):
+    """``forward(input_ids (B, T), attention_mask (B, T)).logits`` is (B, C)."""
+
+    config_class = StaticConfig
+    base_model_prefix = "static"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: StaticConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size + config.buckets, config.hidden_size,
+                                       padding_idx=config.pad_token_id)
+        self.dropout = nn.Dropout(config.dropout)
+        d, c = config.hidden_size, config.num_labels
+        self.classifier = (nn.Sequential(nn.Linear(d, config.head_hidden), nn.GELU(), nn.Linear(config.head_hidden, c))
+                           if config.head_hidden else nn.Linear(d, c))
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+
+    def gram_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Rows of the table to average: the pieces, then each n-gram hashed into the buckets; pad elsewhere.
+
+        (B, T), (B, T) -> (B, ngram * T). The inputs are right-padded by ``ngram - 1`` columns first, so every
+        n-gram order has T positions whatever T is (no shape-dependent branch: exports with a free length).
+        """
+        cfg, pad = self.config, self.config.pad_token_id
+        valid = attention_mask.bool()
+        grams = [torch.where(valid, input_ids, pad)]
+        length, extra = input_ids.shape[1], cfg.ngram - 1
+        ids = nn.functional.pad(input_ids, (0, extra), value=pad)  # (B, T + ngram - 1)
+        ok_at = nn.functional.pad(valid, (0, extra), value=False)
+        for n in range(2, cfg.ngram + 1):
+            code, ok = ids[:, :length], ok_at[:, :length]
+            for j in range(1, n):
+                code = code * HASH_PRIME + ids[:, j:j + length]
+                ok = ok & ok_at[:, j:j + length]
+            grams.append(torch.where(ok, code % cfg.buckets + cfg.vocab_size, pad))
+        return torch.cat(grams, dim=1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, output_hidden_states: bool | None = None,
+                output_attentions: bool | None = None, return_dict: bool | None = None,
+                **kwargs) -> SequenceClassifierOutput:
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.pad_token_id).long()
+        ids = self.gram_ids(input_ids, attention_mask)  # (B, G)
+        counts = (ids != self.config.pad_token_id).sum(1, keepdim=True).clamp(min=1)  # (B, 1)
+        pooled = self.embeddings(ids).sum(1) / counts.to(self.embeddings.weight.dtype)  # (B, D): the pad row is 0
+        logits = self.classifier(self.dropout(pooled))  # (B, C)
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        hidden = (pooled,) if output_hidden_states else None
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=hidden)
+
+
+AutoConfig.register(StaticConfig.model_type, StaticConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(StaticConfig, StaticForSequenceClassification, exist_ok=True)
+
+
+def build_static_student(
+    vocab_size: int,
+    num_labels: int,
+    max_length: int = 64,
+    hidden_size: int = 128,
+    ngram: int = 2,
+    buckets: int = 2**17,
+    head_hidden: int = 0,
+    dropout: float = 0.1,
+    pad_token_id: int = 0,
+    id2label: dict[int, str] | None = None,
+) -> StaticForSequenceClassification:
+    """A randomly initialised :class:`StaticForSequenceClassification` (see :class:`StaticConfig` for the sizes).
+
+    Returns:
+        The model; ``forward(input_ids (B, T), attention_mask (B, T)).logits`` is (B, C).
+    """
+    for key, value in (("model.hidden_size", hidden_size), ("model.max_length", max_length)):
+        if value <= 0:
+            raise UserError(f"{key}={value} must be positive")
+    if ngram not in (1, 2, 3):
+        raise UserError(f"model.ngram={ngram} must be 1, 2 or 3 (longest n-gram of word pieces), e.g. model.ngram=2")
+    if ngram > 1 and buckets <= 0:
+        raise UserError(f"model.buckets={buckets} must be positive with model.ngram={ngram}, e.g. 131072")
+    if head_hidden < 0:
+        raise UserError(f"model.head_hidden={head_hidden} must be >= 0 (0: a linear classifier)")
+    id2label = id2label or {i: str(i) for i in range(num_labels)}
+    config = StaticConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, ngram=ngram, buckets=buckets if ngram > 1 else 0,
+        head_hidden=head_hidden, dropout=dropout, max_position_embeddings=max_length, pad_token_id=pad_token_id,
+        num_labels=num_labels, id2label=dict(id2label), label2id={v: k for k, v in id2label.items()},
+    )
+    return StaticForSequenceClassification(config)

@@ -1,0 +1,108 @@
+"""The static student: hashed n-grams inside the model, saved and loaded as a Hugging Face model, exported."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from speedtrain.errors import UserError
+from speedtrain.models.static import HASH_PRIME, build_static_student
+from speedtrain.models.student import count_parameters
+
+VOCAB, BUCKETS, LABELS = 300, 512, 4
+
+
+def _model(ngram: int = 2, **kwargs):
+    torch.manual_seed(0)
+    model = build_static_student(vocab_size=VOCAB, num_labels=LABELS, hidden_size=16, ngram=ngram, buckets=BUCKETS,
+                                 max_length=16, **kwargs).eval()
+    torch.nn.init.normal_(model.embeddings.weight, std=1.0)  # logits of a trained model's size
+    with torch.no_grad():
+        model.embeddings.weight[0].zero_()  # the pad row stays 0
+    return model
+
+
+def _logits(model, ids, mask) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask)).logits
+
+
+def test_gram_ids_hash_bigrams_of_real_tokens_only():
+    model = _model(ngram=2)
+    ids = torch.tensor([[2, 7, 9, 3, 0]])  # [CLS] a b [SEP] [PAD]
+    mask = torch.tensor([[1, 1, 1, 1, 0]])
+    grams = model.gram_ids(ids, mask)[0].tolist()
+    assert grams[:5] == [2, 7, 9, 3, 0]
+    expected = [(a * HASH_PRIME + b) % BUCKETS + VOCAB for a, b in [(2, 7), (7, 9), (9, 3)]]
+    assert grams[5:] == [*expected, 0, 0]  # no bigram across the padding
+
+
+@pytest.mark.parametrize("ngram", [1, 2, 3])
+def test_padding_does_not_change_the_logits(ngram):
+    model = _model(ngram=ngram)
+    ids = torch.tensor([[2, 11, 12, 13, 3]])
+    alone = _logits(model, ids, torch.ones_like(ids))
+    padded = torch.cat([ids, torch.zeros(1, 6, dtype=torch.long)], 1)
+    mask = (padded != 0).long()
+    torch.testing.assert_close(_logits(model, padded, mask), alone)
+    assert alone.shape == (1, LABELS)
+
+
+def test_word_order_matters_with_bigrams_only():
+    ids, swapped = torch.tensor([[2, 11, 12, 13, 3]]), torch.tensor([[2, 13, 12, 11, 3]])
+    mask = torch.ones_like(ids)
+    unigram, bigram = _model(ngram=1), _model(ngram=2)
+    torch.testing.assert_close(_logits(unigram, ids, mask), _logits(unigram, swapped, mask))
+    assert not torch.allclose(_logits(bigram, ids, mask), _logits(bigram, swapped, mask))
+
+
+def test_save_and_load_with_auto_class(tmp_path):
+    model = _model(id2label={0: "a", 1: "b", 2: "c", 3: "d"})
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    ids = torch.randint(5, VOCAB, (3, 9))
+    mask = torch.ones_like(ids)
+    torch.testing.assert_close(_logits(loaded, ids, mask), _logits(model, ids, mask))
+    assert type(loaded).__name__ == "StaticForSequenceClassification" and loaded.config.id2label[3] == "d"
+    assert count_parameters(model)["params_non_embedding"] == 16 * LABELS + LABELS  # the head only
+
+
+def test_onnx_int8_fp16_and_pt2_match_eager(tmp_path):
+    from speedtrain.export.onnx import export_onnx, to_fp16
+    from speedtrain.export.pt2 import export_pt2
+    from speedtrain.export.quantize import quantize_int8
+    from speedtrain.export.runtime import OrtRunner, TorchRunner
+
+    model = _model(ngram=3)
+    export_onnx(model, tmp_path / "model.onnx", max_length=16)
+    quantize_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx")
+    to_fp16(tmp_path / "model.onnx", tmp_path / "model.fp16.onnx")
+    export_pt2(model, tmp_path / "model.pt2", max_length=16)
+    rng = np.random.default_rng(0)
+    for batch, length in [(1, 1), (1, 16), (5, 9)]:  # shapes the exporter never saw, down to one token
+        ids = rng.integers(5, VOCAB, size=(batch, length)).astype(np.int64)
+        mask = np.ones_like(ids)
+        mask[1:, length // 2 + 1:] = 0
+        ids *= mask
+        expected = _logits(model, ids, mask).numpy()
+        np.testing.assert_allclose(OrtRunner(tmp_path / "model.onnx", 1)(ids, mask), expected, atol=1e-4)
+        np.testing.assert_allclose(OrtRunner(tmp_path / "model.fp16.onnx", 1)(ids, mask), expected, atol=5e-2)
+        int8 = OrtRunner(tmp_path / "model.int8.onnx", 1)(ids, mask)
+        assert np.abs(int8 - expected).max() <= 0.1 * np.abs(expected).max()
+        import torch._inductor
+
+        pt2 = TorchRunner(torch._inductor.aoti_load_package(str(tmp_path / "model.pt2")), 1)(ids, mask)
+        np.testing.assert_allclose(pt2, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"ngram": 4}, "model.ngram=4 must be 1, 2 or 3"),
+    ({"buckets": 0}, "model.buckets=0 must be positive"),
+    ({"hidden_size": 0}, "model.hidden_size=0 must be positive"),
+    ({"head_hidden": -1}, "model.head_hidden=-1 must be >= 0"),
+])
+def test_bad_sizes_one_clear_error(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        build_static_student(vocab_size=VOCAB, num_labels=LABELS, **kwargs)

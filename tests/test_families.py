@@ -1,0 +1,49 @@
+"""Every student family trains, distils, exports and predicts through the same pipeline (model=static here;
+the BERT families run everywhere else), and a family that cannot do what is asked fails up front."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from speedtrain.config import compose_config
+from speedtrain.errors import UserError
+from speedtrain.pipeline import run
+from speedtrain.serve.predictor import Predictor
+from tests.conftest import EXPORT_TINY, TINY_RUN
+
+STATIC_TINY = ["model=static", "model.hidden_size=16", "model.buckets=2048", "tokenizer.vocab_size=600"]
+
+
+def test_static_student_distils_exports_and_predicts(tmp_path, fine_tuned_teacher, caplog):
+    out = tmp_path / "run"
+    cfg = compose_config([*TINY_RUN, *EXPORT_TINY, *STATIC_TINY, "+experiment=distill",
+                          f"teacher.path={fine_tuned_teacher}", "teacher.max_length=24", "export.variants=[onnx,onnx_int8]", "export.teacher=false",
+                          f"paths.output_dir={out}"])
+    assert cfg.data.batch_size == 128 and cfg.module.optimizer.lr == pytest.approx(1e-2)  # the family's recipe
+    assert cfg.data.max_length == 64
+    with caplog.at_level(logging.WARNING):
+        run(cfg)  # +experiment=distill asks for hidden-state terms: the static student has no layers to match
+    assert "has no hidden layers" in caplog.text
+    metrics = json.loads((out / "metrics.json").read_text())
+    vocab = metrics["data"]["vocab_size"]
+    assert metrics["params"]["params_total"] == (vocab + 2048) * 16 + 16 * 96 + 96  # the table and a linear head
+    assert 0 <= metrics["test/acc"] <= 1 and metrics["bundle"]["fast"] in ("pytorch", "onnx", "onnx_int8")
+    manifest = json.loads((out / "bundle" / "speedtrain.json").read_text())
+    assert manifest["max_length"] == 64 and set(manifest["variants"]) == {"pytorch", "onnx", "onnx_int8"}
+    predictor = Predictor.load(out / "bundle")
+    texts = ["live horses for breeding", "frozen fish fillets", "steel screws and bolts"]
+    probs = predictor.predict_proba(texts)
+    assert probs.shape == (3, 96) and abs(float(probs.sum(1).mean()) - 1) < 1e-4
+    reference = Predictor.load(out / "bundle", variant="pytorch").predict_proba(texts)
+    assert (probs.argmax(1) == reference.argmax(1)).all()
+
+
+def test_a_family_without_ffn_layers_cannot_be_pruned(tmp_path):
+    cfg = compose_config([*TINY_RUN, *STATIC_TINY, "+experiment=baseline", "export.enabled=true",
+                          "export.prune.enabled=true", f"paths.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(UserError, match="export.prune.enabled=true prunes a transformer's feed-forward layers"):
+        run(cfg)
+    assert not (tmp_path / "run").exists()  # failed before anything was written
