@@ -133,6 +133,7 @@ def test_settings_errors():
     for node, message in [({"weight": 1.5}, "teacher.ngram.weight=1.5 must be 'auto'"),
                           ({"folds": 1}, "teacher.ngram.folds=1 must be an integer >= 2"),
                           ({"C": [3, -1]}, r"teacher.ngram.C=\[3, -1\] must be a positive number"),
+                          ({"n_jobs": 0}, "teacher.ngram.n_jobs=0 must be a process count"),
                           ({"temperature": 2}, r"unknown key\(s\) \['temperature'\]")]:
         with pytest.raises(UserError, match=message):
             NgramSettings.from_config(node)

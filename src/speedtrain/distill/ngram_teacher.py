@@ -64,6 +64,9 @@ class NgramSettings:
         object.__setattr__(self, "weight_grid", grid)
         if not isinstance(self.folds, int) or self.folds < 2:
             raise UserError(f"teacher.ngram.folds={self.folds!r} must be an integer >= 2, e.g. 5")
+        if not isinstance(self.n_jobs, int) or self.n_jobs == 0:
+            raise UserError(f"teacher.ngram.n_jobs={self.n_jobs!r} must be a process count (1, 2, ...) or -1 "
+                            "(one per core)")
 
     @classmethod
     def from_config(cls, node: Mapping) -> NgramSettings:
@@ -150,11 +153,13 @@ def _fit_and_score(texts: list[str], labels: np.ndarray, score: list[list[str]],
 
 
 def _run(jobs: list[tuple], n_jobs: int) -> list:
-    from joblib import Parallel, delayed
+    """:func:`_fit_and_score` of each job, in up to ``n_jobs`` processes (joblib's convention: -1 = one per core)."""
+    from joblib import Parallel, delayed, effective_n_jobs
 
-    if n_jobs == 1 or len(jobs) == 1:
+    workers = min(len(jobs), effective_n_jobs(n_jobs))
+    if workers == 1:
         return [_fit_and_score(*job) for job in jobs]
-    return Parallel(n_jobs=min(len(jobs), n_jobs) if n_jobs > 0 else n_jobs)(delayed(_fit_and_score)(*j) for j in jobs)
+    return Parallel(n_jobs=workers)(delayed(_fit_and_score)(*job) for job in jobs)
 
 
 def ngram_log_probs(
