@@ -18,7 +18,7 @@ from pathlib import Path
 from speedtrain.config import compose_config
 from speedtrain.export.build import TEXTS_FILE, benchmark_bundle
 from speedtrain.export.bundle import verify_bundle
-from speedtrain.pipeline import export_options
+from speedtrain.callbacks.export_bench import export_options
 
 
 def measure(bundle: Path, repeats: int, overrides: list[str]) -> list[dict]:

@@ -47,3 +47,40 @@ def test_a_family_without_ffn_layers_cannot_be_pruned(tmp_path):
     with pytest.raises(UserError, match="export.prune.enabled=true prunes a transformer's feed-forward layers"):
         run(cfg)
     assert not (tmp_path / "run").exists()  # failed before anything was written
+
+
+def test_a_latency_budget_picks_the_most_accurate_family_that_fits(tmp_path):
+    from speedtrain.families import apply_latency_budget, pick_family
+
+    families = {"bert_mini": 1.5, "bert_tiny": 0.7, "static": 0.2}
+    assert [pick_family(b, families) for b in (5, 1.0, 0.3)] == ["bert_mini", "bert_tiny", "static"]
+    with pytest.raises(UserError, match="no student family answers that fast here; the fastest, static, takes 0.2"):
+        pick_family(0.1, families)
+    with pytest.raises(UserError, match="export.latency_budget_ms=0 must be a positive number"):
+        pick_family(0, families)
+    cfg = compose_config(["+experiment=distill", "export.latency_budget_ms=0.3", f"paths.output_dir={tmp_path}"])
+    picked = apply_latency_budget(cfg)
+    assert picked.model_family == "static" and picked.model._target_.endswith("build_static_student")
+    assert picked.data.batch_size == 128 and picked.data.max_length == 64  # the family's recipe follows it
+    mini = apply_latency_budget(compose_config(["+experiment=distill", "export.latency_budget_ms=9",
+                                                f"paths.output_dir={tmp_path}"]))
+    assert mini.model.num_hidden_layers == 4 and mini.model.max_length == 32  # bert_mini over its bert_tiny defaults
+    assert apply_latency_budget(cfg.copy()).model_family == "static"
+    unchanged = compose_config(["+experiment=distill", f"paths.output_dir={tmp_path}"])
+    assert apply_latency_budget(unchanged) is unchanged  # no budget: the model group's choice
+
+
+@pytest.mark.parametrize("rows,overrides,epochs", [
+    (13_500, {}, 5),  # the default data's transfer set: 2,100 steps at 5 epochs already
+    (4_800, {}, 14),  # a 2,000-row CSV: 150 steps an epoch -> 14 epochs for 2,000 steps
+    (4_800, {"limit_train_batches": 4}, 5),  # a limited run is left alone
+    (4_800, {"min_steps": None}, 5),
+])
+def test_min_steps_raise_the_epochs_of_small_data_sets(rows, overrides, epochs):
+    from omegaconf import OmegaConf
+
+    from speedtrain.trainer import epochs_for_min_steps
+
+    trainer = OmegaConf.create({"max_epochs": 5, "min_steps": 2000, "devices": 1, "num_nodes": 1,
+                                "accumulate_grad_batches": 1, "limit_train_batches": None, **overrides})
+    assert epochs_for_min_steps(trainer, rows, batch_size=32) == epochs

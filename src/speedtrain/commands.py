@@ -23,7 +23,8 @@ def export(argv: list[str]) -> int:
     from speedtrain.callbacks.export_bench import train_batches
     from speedtrain.config import config_dir
     from speedtrain.export.build import build_bundle
-    from speedtrain.pipeline import build_datamodule, build_exporter
+    from speedtrain.callbacks.export_bench import build_exporter
+    from speedtrain.pipeline import build_datamodule
 
     source = Path(args.source).resolve()
     run_dir = source.parent.parent if source.suffix == ".ckpt" else source
@@ -63,7 +64,7 @@ def bench(argv: list[str]) -> int:
     from speedtrain.config import compose_config
     from speedtrain.export.build import TEXTS_FILE, benchmark_bundle
     from speedtrain.export.bundle import MANIFEST, verify_bundle
-    from speedtrain.pipeline import export_options
+    from speedtrain.callbacks.export_bench import export_options
 
     bundle = Path(args.bundle)
     manifest = verify_bundle(bundle)

@@ -15,8 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import AutoConfig
 
-from speedtrain.bench.latency import BenchOptions
-from speedtrain.callbacks.export_bench import ExportAndBenchmark, best_student
+from speedtrain.callbacks.export_bench import best_student, build_exporter, bundle_summary, export_options
 from speedtrain.data.datamodule import TextDataModule
 from speedtrain.distill.teacher import (
     attach_teacher,
@@ -28,7 +27,7 @@ from speedtrain.distill.teacher import (
     teacher_run_config,
 )
 from speedtrain.errors import UserError
-from speedtrain.export.build import ExportOptions
+from speedtrain.families import apply_latency_budget, check_budget, check_family, model_name
 from speedtrain.loggers import finish_wandb, log_confusion_matrix
 from speedtrain.models.student import count_parameters
 from speedtrain.models.teacher import load_tokenizer, resolve_source
@@ -54,7 +53,7 @@ def run(cfg: DictConfig) -> float | None:
     without a cached teacher first fine-tunes one (stage 1) into ``<output_dir>/teacher/``. A folder that holds a
     checkpoint of an interrupted run (``resume=<run>``, or ``hydra.run.dir=<run>``) continues from it.
     """
-    cfg = apply_debug(resumed_config(cfg))
+    cfg = apply_latency_budget(apply_debug(resumed_config(cfg)))
     check_config(cfg)
     try:
         return _run(cfg)
@@ -129,7 +128,8 @@ def fit_and_evaluate(
         teacher_metrics, extra = prepare_distillation(cfg, datamodule, **distill)
         timings["teacher_s"] = time.perf_counter() - started - timings["data_s"]  # stage 1 and the teacher outputs
     exporter = None if stage else build_exporter(cfg, datamodule, distill, teacher_metrics)
-    trainer = build_trainer(cfg, prefix=stage, extra_callbacks=[exporter] if exporter else [])
+    trainer = build_trainer(cfg, prefix=stage, extra_callbacks=[exporter] if exporter else [],
+                            train_rows=len(datamodule.encoded["train"]))
     plan = batch_plan(cfg, trainer)  # the global batch and the learning rate scaled to it
     speed = speed_options(cfg)
     pl.seed_everything(cfg.seed, workers=True)  # the same student whether or not stage 1 ran before
@@ -155,6 +155,7 @@ def fit_and_evaluate(
         epochs=trainer.current_epoch,
         global_step=trainer.global_step,
         seed=cfg.seed,
+        model_family=model_name(cfg),
         params=count_parameters(model),
         batch=plan,
         speed=speed,
@@ -169,6 +170,7 @@ def fit_and_evaluate(
         metrics["timings"]["fit_s"] -= exporter.seconds
         if exporter.report is not None:
             metrics["bundle"] = bundle_summary(exporter)
+            check_budget(cfg, metrics["bundle"].get("e2e_p50_ms"))
     if trainer.is_global_zero:  # under DDP every rank has the metrics; one writes them
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +204,7 @@ def prepare_distillation(
     inter = d.get("intermediate")
     if inter is not None and cfg.model.get("num_hidden_layers") is None:
         log.warning("The student (model=%s) has no hidden layers to match the teacher's: distilling logits only "
-                    "(distill=logits)", _model_name(cfg))
+                    "(distill=logits)", model_name(cfg))
         inter = None
     teacher_config = None
     if inter is not None:  # check the layer map before any teacher work
@@ -237,49 +239,6 @@ def build_model(cfg: DictConfig, datamodule: TextDataModule):
         pad_token_id=datamodule.tokenizer.pad_token_id,
         id2label=dict(enumerate(datamodule.label_names)),
     )
-
-
-def export_options(cfg: DictConfig) -> ExportOptions | None:
-    """``cfg.export`` as :class:`ExportOptions` (bad values fail here, before any training); None when disabled."""
-    e = cfg.get("export")
-    if not e or not e.get("enabled", True):
-        return None
-    return ExportOptions(variants=list(e.variants), int8_per_channel=e.int8_per_channel,
-                         parity_budget=e.parity_budget, min_agreement=e.get("min_agreement", 99.0),
-                         benchmark=e.benchmark,
-                         bench=BenchOptions(**OmegaConf.to_container(e.bench, resolve=True)),
-                         prune=OmegaConf.to_container(e.prune, resolve=True) if e.get("prune") else {})
-
-
-def build_exporter(cfg: DictConfig, datamodule: TextDataModule, distill: dict | None,
-                   teacher_metrics: dict) -> ExportAndBenchmark | None:
-    """The export-and-benchmark callback of ``cfg.export`` (None when disabled), with the teacher to compare."""
-    options = export_options(cfg)
-    if options is None:
-        return None
-    teacher = None
-    if cfg.export.get("teacher", True) and options.benchmark and (distill or cfg.teacher.get("source")):
-        folder = distill["teacher_dir"] if distill else resolve_source(str(cfg.teacher.source))
-        teacher = {"folder": str(folder), "name": cfg.teacher.get("source") or folder,
-                   "max_length": cfg.teacher.max_length, "num_labels": datamodule.num_labels,
-                   "accuracy": 100 * teacher_metrics["teacher/test_acc"] if "teacher/test_acc" in teacher_metrics
-                   else None}
-    extra = {"run_dir": str(Path(cfg.paths.output_dir).resolve()), "task_name": cfg.get("task_name")}
-    return ExportAndBenchmark(cfg.export.out_dir, options, teacher=teacher, extra=extra)
-
-
-def bundle_summary(exporter: ExportAndBenchmark) -> dict:
-    """What metrics.json says about the bundle: where, the fast variant and its headline numbers."""
-    report = exporter.report
-    fast = report["variants"][report["fast"]]
-    summary = {"dir": str(exporter.out_dir), "fast": report["fast"], "fast_accuracy": fast["parity"]["accuracy"],
-               "fast_agreement": fast["parity"]["agreement"]}
-    if "latency" in fast:
-        summary.update(fast_p50_ms=fast["latency"]["p50_ms"], fast_p99_ms=fast["latency"]["p99_ms"],
-                       fast_texts_per_s=fast["throughput"])
-    if "teacher" in report:
-        summary["teacher_p50_ms"] = report["teacher"]["latency"]["p50_ms"]
-    return summary
 
 
 def build_datamodule(cfg: DictConfig) -> TextDataModule:
@@ -325,20 +284,12 @@ def check_config(cfg: DictConfig) -> None:
     if epochs is not None and epochs != -1 and epochs <= 0:
         raise UserError(f"trainer.max_epochs={epochs} must be positive (or -1 for no limit)")
     options = export_options(cfg)
-    if options is not None and options.prune.enabled and cfg.model.get("intermediate_size") is None:
-        raise UserError(f"export.prune.enabled=true prunes a transformer's feed-forward layers; model={_model_name(cfg)}"
-                        " has none: pass export.prune.enabled=false (or a BERT student, e.g. model=bert_tiny)")
+    check_family(cfg, prune=options is not None and options.prune.enabled)
+    if cfg.teacher.get("ngram") and (cfg.get("distill") or {}).get("teacher_logits") == "online":  # before stage 1
+        raise UserError("teacher=ensemble needs cached teacher logits (its n-gram half cannot run every step): pass "
+                        "distill.teacher_logits=cache, or teacher=minilm to distil online")
     if cfg.objective.split("/")[0] not in ("val", "test"):
         raise UserError(f"objective={cfg.objective!r} must be a val/ or test/ metric, e.g. objective=val/acc")
-
-
-def _model_name(cfg: DictConfig) -> str:
-    """The model group's choice (``static``, ``bert_tiny``, ...) when Hydra composed ``cfg``, else its builder."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return str(HydraConfig.get().runtime.choices.get("model"))
-    return str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
 def _missing_keys(node: DictConfig, prefix: str = ""):

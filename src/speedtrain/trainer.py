@@ -115,13 +115,15 @@ def scaled_module_config(cfg: DictConfig, plan: dict) -> DictConfig:
     return module
 
 
-def build_trainer(cfg: DictConfig, prefix: str = "", extra_callbacks: list | None = None) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, prefix: str = "", extra_callbacks: list | None = None,
+                  train_rows: int | None = None) -> pl.Trainer:
     """The Lightning Trainer of ``cfg.trainer`` (without ``speed``) with the configured callbacks and loggers.
 
     Args:
         prefix: logged metric names start with it (stage 1's ``teacher``), and the config is not logged: the
             distillation run that follows logs its own.
         extra_callbacks: built by the pipeline (the export callback).
+        train_rows: training inputs per epoch; with ``trainer.min_steps`` the epochs are raised to reach it.
     """
     check_trainer(cfg)
     prepare_ddp_relaunch()  # in a multirun, DDP's extra ranks run this job, not the sweep
@@ -130,6 +132,11 @@ def build_trainer(cfg: DictConfig, prefix: str = "", extra_callbacks: list | Non
     node = cfg.trainer.copy()
     with open_dict(node):
         node.pop("speed", None)
+        epochs = epochs_for_min_steps(node, train_rows, int(cfg.data.batch_size))
+        if epochs != node.get("max_epochs"):
+            log.info("trainer.min_steps=%s: %d epochs instead of %s over %d training inputs", node.min_steps, epochs,
+                     node.get("max_epochs"), train_rows)
+            node.max_epochs = epochs
     trainer = instantiate(node, callbacks=callbacks, logger=loggers or False)
     plan = batch_plan(cfg, trainer)
     log.info("Global batch %d (%d per device x %d devices x %d accumulation); lr %.3g (%s scaling of %.3g)",
@@ -138,6 +145,24 @@ def build_trainer(cfg: DictConfig, prefix: str = "", extra_callbacks: list | Non
     for logger in loggers if not prefix else []:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | {"derived": plan})
     return trainer
+
+
+def epochs_for_min_steps(trainer: DictConfig, train_rows: int | None, batch_size: int) -> int | None:
+    """``trainer.max_epochs``, raised so that the run makes at least ``trainer.min_steps`` optimizer steps.
+
+    Lightning stops at ``max_epochs`` even before ``min_steps`` (which only holds off early stopping), so a small
+    data set would get few steps: 5 epochs of 1,600 texts are 250 steps of 32. Unchanged without ``min_steps``,
+    without ``train_rows``, or when batches, steps or epochs are limited some other way.
+    """
+    epochs, min_steps = trainer.get("max_epochs"), trainer.get("min_steps")
+    limited = (trainer.get("limit_train_batches") not in (None, 1.0) or trainer.get("fast_dev_run")
+               or trainer.get("overfit_batches") or (trainer.get("max_steps") or -1) > 0)
+    if not min_steps or not train_rows or epochs is None or epochs < 0 or limited:
+        return epochs
+    devices = trainer.get("devices") if isinstance(trainer.get("devices"), int) else 1
+    world = max(1, devices) * int(trainer.get("num_nodes") or 1) * int(trainer.get("accumulate_grad_batches") or 1)
+    steps_per_epoch = max(1, math.ceil(train_rows / (batch_size * world)))
+    return max(epochs, math.ceil(min_steps / steps_per_epoch))
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:

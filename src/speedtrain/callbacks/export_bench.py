@@ -1,6 +1,7 @@
 """``ExportAndBenchmark``: at the end of fit, turn the best checkpoint into a benchmarked bundle (rank 0 only).
 
-Thin: the work is :func:`speedtrain.export.build.build_bundle`, which ``speedtrain export`` calls too.
+Thin: the work is :func:`speedtrain.export.build.build_bundle`, which ``speedtrain export`` calls too;
+:func:`build_exporter` makes the callback of a run's config (the pipeline and ``speedtrain export`` use it).
 
 Logged (every logger; W&B also gets the table and the bundle as an artifact of type ``model``):
 
@@ -20,13 +21,20 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from speedtrain.bench.latency import BenchOptions
 from speedtrain.errors import UserError
 from speedtrain.export.build import ExportError, ExportOptions, build_bundle
 from speedtrain.export.parity import largest_batch
+from speedtrain.models.teacher import resolve_source
+
+if TYPE_CHECKING:
+    from speedtrain.data.datamodule import TextDataModule
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +153,50 @@ def log_report(trainer: pl.Trainer, report: dict, bundle: Path) -> None:
             artifact.add_dir(str(bundle))
             run.log_artifact(artifact)
 
+
+def export_options(cfg: DictConfig) -> ExportOptions | None:
+    """``cfg.export`` as :class:`ExportOptions` (bad values fail here, before any training); None when disabled."""
+    e = cfg.get("export")
+    if not e or not e.get("enabled", True):
+        return None
+    return ExportOptions(variants=list(e.variants), int8_per_channel=e.int8_per_channel,
+                         parity_budget=e.parity_budget, min_agreement=e.get("min_agreement", 99.0),
+                         benchmark=e.benchmark,
+                         bench=BenchOptions(**OmegaConf.to_container(e.bench, resolve=True)),
+                         prune=OmegaConf.to_container(e.prune, resolve=True) if e.get("prune") else {})
+
+
+def build_exporter(cfg: DictConfig, datamodule: TextDataModule, distill: dict | None,
+                   teacher_metrics: dict) -> ExportAndBenchmark | None:
+    """The export-and-benchmark callback of ``cfg.export`` (None when disabled), with the teacher to compare."""
+    options = export_options(cfg)
+    if options is None:
+        return None
+    teacher = None
+    if cfg.export.get("teacher", True) and options.benchmark and (distill or cfg.teacher.get("source")):
+        folder = distill["teacher_dir"] if distill else resolve_source(str(cfg.teacher.source))
+        teacher = {"folder": str(folder), "name": cfg.teacher.get("source") or folder,
+                   "max_length": cfg.teacher.max_length, "num_labels": datamodule.num_labels,
+                   "accuracy": 100 * teacher_metrics["teacher/test_acc"] if "teacher/test_acc" in teacher_metrics
+                   else None}
+    extra = {"run_dir": str(Path(cfg.paths.output_dir).resolve()), "task_name": cfg.get("task_name")}
+    return ExportAndBenchmark(cfg.export.out_dir, options, teacher=teacher, extra=extra)
+
+
+def bundle_summary(exporter: ExportAndBenchmark) -> dict:
+    """What metrics.json says about the bundle: where, the fast variant and its headline numbers."""
+    report = exporter.report
+    fast = report["variants"][report["fast"]]
+    summary = {"dir": str(exporter.out_dir), "fast": report["fast"], "fast_accuracy": fast["parity"]["accuracy"],
+               "fast_agreement": fast["parity"]["agreement"]}
+    if "latency" in fast:
+        summary.update(fast_p50_ms=fast["latency"]["p50_ms"], fast_p99_ms=fast["latency"]["p99_ms"],
+                       fast_texts_per_s=fast["throughput"])
+    if "end_to_end" in report:  # through the Predictor, tokenization included: what the frontier compares
+        e2e = report["end_to_end"]
+        largest = max(e2e["throughput"], key=int)
+        summary.update(e2e_p50_ms=e2e["latency"]["p50_ms"], e2e_texts_per_s=e2e["throughput"][largest],
+                       e2e_batch=int(largest))
+    if "teacher" in report:
+        summary["teacher_p50_ms"] = report["teacher"]["latency"]["p50_ms"]
+    return summary
