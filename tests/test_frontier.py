@@ -77,13 +77,40 @@ def test_student_row_without_a_bundle(tmp_path):
 
 
 def test_frontier_experiment(tmp_path):
-    """+experiment=frontier: the distill recipe with logits only, two ONNX variants, three families swept."""
-    cfg = compose_config(["+experiment=frontier", f"paths.output_dir={tmp_path}"])
+    """+experiment=frontier: the distill recipe (static: logits only), one teacher seed, two ONNX variants, three
+    families swept."""
+    cfg = compose_config(["+experiment=frontier", "seed=3", f"paths.output_dir={tmp_path}"])
     assert cfg.task_name == "frontier" and cfg.module._target_ == "speedtrain.lit.distill.DistillModule"
-    assert "intermediate" not in cfg.distill and cfg.distill.teacher_logits == "cache"
+    assert "intermediate" in cfg.distill and cfg.distill.teacher_logits == "cache"  # dropped for static at run time
+    assert cfg.teacher.seed == 42 and cfg.teacher.source == "minilm"  # one teacher whatever the student's seed
     assert list(cfg.export.variants) == ["onnx", "onnx_int8"] and cfg.export.teacher is False
     assert cfg.trainer.max_epochs == 5 and cfg.data.batch_size == 32  # as +experiment=distill
     hydra = OmegaConf.load(config_dir() / "experiment" / "frontier.yaml").hydra
     assert hydra.sweeper.params.model == "static,bert_tiny,bert_mini"
     mini = compose_config(["+experiment=frontier", "model=bert_mini", f"paths.output_dir={tmp_path}"])
     assert mini.model.hidden_size == 256  # a swept model= beats the experiment's default
+
+
+def test_speedtrain_frontier_times_the_bundles_again(tmp_path, tiny_run, monkeypatch, capsys):
+    """`speedtrain frontier SWEEP --rebench`: each job's bundle timed again now, beside the peers, in one process."""
+    import shutil
+
+    import speedtrain.bench.latency as latency
+    from speedtrain.cli import main
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(tiny_run, sweep / "0", ignore=shutil.ignore_patterns("checkpoints", "wandb", "csv"))
+    real, calls = latency.benchmark_end_to_end, []
+
+    def counted(*args, **kwargs):
+        calls.append(real(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(latency, "benchmark_end_to_end", counted)
+    assert main(["frontier", str(sweep), "--rebench", "--peers", "", "--no-wandb"]) == 0
+    assert len(calls) == 1 and "| bert_tiny | student |" in capsys.readouterr().out.replace("**", "")
+    row = pd.read_csv(sweep / "frontier.csv").iloc[0]
+    assert row["texts_per_s"] == calls[0]["throughput"]["8"] and row["speed"] == "e2e"  # EXPORT_TINY: batches 1, 8
+    assert row["p50_ms"] == calls[0]["latency"]["p50_ms"]
+    assert main(["frontier", str(tmp_path / "empty")]) == 2
+    assert "holds no finished job" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     speedtrain train +experiment=baseline                  # same as `python train.py ...`, with the installed configs
     speedtrain export outputs/<run> [--out DIR] [export.variants=[onnx,onnx_int8] ...]
     speedtrain bench outputs/<run>/bundle                  # re-benchmark a bundle on this machine
+    speedtrain frontier multirun/<date>/<time> [--rebench]  # a frontier sweep's table again, peers timed now
     speedtrain predict outputs/<run>/bundle "text" ... [--json] [--variant onnx]
     speedtrain serve outputs/<run>/bundle [--port 8000] [--workers 2]   # HTTP API (speedtrain serve --help)
     speedtrain info                                        # versions, devices, where the configs and the cache are
@@ -21,6 +22,8 @@ commands:
                                        export, check and benchmark a finished run's model into a bundle
   bench BUNDLE [--out DIR] [export.bench.key=value ...]
                                        re-benchmark a bundle on this machine (rewrites its benchmark files)
+  frontier SWEEP_DIR [--rebench] [--peers tfidf_lr,fasttext]
+                                       a frontier sweep's table and plot again: peers (and students) timed now
   predict BUNDLE TEXT... [--variant NAME] [--json]
                                        label and score of each text
   serve BUNDLE [--host H] [--port P] [--workers N] [--variant NAME] ...
@@ -28,7 +31,7 @@ commands:
   info                                 versions, devices, config folder and cache folder
 """
 
-COMMANDS = ("train", "export", "bench", "predict", "serve", "info")
+COMMANDS = ("train", "export", "bench", "frontier", "predict", "serve", "info")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return _train(rest)
     if command == "info":
         return _info()
-    if command in ("export", "bench", "predict", "serve"):
+    if command in ("export", "bench", "frontier", "predict", "serve"):
         from speedtrain.errors import exit_on_user_error
 
         try:

@@ -1,4 +1,4 @@
-"""``speedtrain export|bench|predict``: the bundle commands (``cli.py`` parses the command name)."""
+"""``speedtrain export|bench|frontier|predict|serve``: the bundle and sweep commands (``cli.py`` parses the command name)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ def export(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="config values, e.g. export.variants=[onnx,onnx_int8]")
     args = parser.parse_intermixed_args(argv)
     _logging()
-    from speedtrain.callbacks.export_bench import train_batches
+    from speedtrain.callbacks.export_bench import build_exporter, train_batches
     from speedtrain.config import config_dir
     from speedtrain.export.build import build_bundle
-    from speedtrain.callbacks.export_bench import build_exporter
     from speedtrain.pipeline import build_datamodule
 
     source = Path(args.source).resolve()
@@ -89,6 +88,28 @@ def bench(argv: list[str]) -> int:
             manifest["fast"] = report["fast"]
             (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     print((out / "benchmark.md").read_text())
+    return 0
+
+
+def frontier(argv: list[str]) -> int:
+    """Write the accuracy-speed frontier (frontier.csv/.md/.png) of a finished +experiment=frontier sweep again:
+    the peers fitted and timed now, and with --rebench every student bundle timed again beside them."""
+    from speedtrain.frontier import frontier_report
+
+    parser = argparse.ArgumentParser(prog="speedtrain frontier", description=frontier.__doc__)
+    parser.add_argument("sweep_dir", help="the multirun folder (multirun/<date>/<time>)")
+    parser.add_argument("--peers", default="tfidf_lr,fasttext", help="comma-separated peers ('' for none)")
+    parser.add_argument("--rebench", action="store_true", help="time the students' bundles again now")
+    parser.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
+                        help="log to W&B (default: when the jobs did)")
+    args = parser.parse_args(argv)
+    _logging()
+    peers = [p for p in args.peers.split(",") if p]
+    paths = frontier_report(args.sweep_dir, peers, wandb=args.wandb, rebench=args.rebench)
+    if paths is None:
+        raise UserError(f"{args.sweep_dir} holds no finished job (a folder with metrics.json); pass the sweep folder "
+                        "of `python train.py -m +experiment=frontier`")
+    print(Path(paths["md"]).read_text())
     return 0
 
 

@@ -89,14 +89,32 @@ def peer_rows(cfg: DictConfig, peers: Sequence[str], work_dir: str | Path) -> li
     return fit_and_measure(list(peers), datamodule.splits, options, work_dir=work_dir)
 
 
+def rebench_student(row: dict, job_dir: Path, cfg: DictConfig) -> dict:
+    """``row`` with the bundle of ``job_dir`` timed again now, end to end (Predictor, tokenization included), with
+    the job's ``export.bench`` settings on its benchmark texts: side by side with the peers, in one process."""
+    from speedtrain.bench.latency import BenchOptions, benchmark_end_to_end
+    from speedtrain.serve.predictor import Predictor
+
+    bundle = job_dir / "bundle"
+    texts = (bundle / "benchmark_texts.txt").read_text().splitlines()
+    options = BenchOptions(**OmegaConf.to_container(cfg.export.bench, resolve=True))
+    e2e = benchmark_end_to_end(lambda threads: Predictor.load(bundle, threads=threads, cache_size=0).predict,
+                               texts, options)
+    largest = max(e2e["throughput"], key=int)
+    return {**row, "texts_per_s": e2e["throughput"][largest], "p50_ms": e2e["latency"]["p50_ms"],
+            "batch": int(largest), "speed": "e2e"}
+
+
 def frontier_report(sweep_dir: str | Path, peers: Sequence[str] = ("tfidf_lr", "fasttext"),
-                    wandb: bool | None = None) -> dict[str, Path] | None:
+                    wandb: bool | None = None, rebench: bool = False) -> dict[str, Path] | None:
     """Write ``frontier.csv``/``.md``/``.png`` of the sweep in ``sweep_dir``, peers included.
 
     Args:
         sweep_dir: the multirun folder (``hydra.sweep.dir``).
         peers: names in :data:`speedtrain.bench.peers.PEERS` (an empty list: students only).
         wandb: log to a new W&B run in ``sweep_dir``; None: when the jobs used the W&B logger.
+        rebench: time every job's bundle again now (:func:`rebench_student`) instead of taking the speed its run
+            measured, so students and peers are timed in one process (``speedtrain frontier SWEEP --rebench``).
 
     Returns:
         The paths :func:`speedtrain.bench.frontier.write_frontier` wrote; None when no job finished.
@@ -110,6 +128,9 @@ def frontier_report(sweep_dir: str | Path, peers: Sequence[str] = ("tfidf_lr", "
         return None
     rows = [student_row(job) for job in jobs]
     cfg = job_config(jobs[0])
+    if rebench:
+        rows = [rebench_student(row, job, job_config(job)) if (job / "bundle").is_dir() else row
+                for row, job in zip(rows, jobs)]
     rows += [{**peer, "seed": None} for peer in peer_rows(cfg, peers, sweep_dir)] if peers else []
     batch = max(OmegaConf.select(cfg, "export.bench.batch_sizes", default=[0]) or [0]) or None
     for row in rows:
