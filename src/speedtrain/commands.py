@@ -1,4 +1,5 @@
-"""``speedtrain export|bench|frontier|predict|serve``: the bundle and sweep commands (``cli.py`` parses the command name)."""
+"""``speedtrain export|bench|frontier|predict|serve``: the bundle and sweep commands (``cli.py`` parses the
+command name)."""
 
 from __future__ import annotations
 
