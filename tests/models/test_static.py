@@ -106,3 +106,13 @@ def test_onnx_int8_fp16_and_pt2_match_eager(tmp_path):
 def test_bad_sizes_one_clear_error(kwargs, message):
     with pytest.raises(UserError, match=message):
         build_static_student(vocab_size=VOCAB, num_labels=LABELS, **kwargs)
+
+
+def test_attention_switches_leave_it_unchanged():
+    """trainer.speed.attention sets the student's attention implementation: a model without attention accepts any."""
+    model = _model()
+    ids = torch.randint(5, VOCAB, (2, 7))
+    before = _logits(model, ids, torch.ones_like(ids))
+    for implementation in ("sdpa", "eager"):
+        model.set_attn_implementation(implementation)
+        torch.testing.assert_close(_logits(model, ids, torch.ones_like(ids)), before)

@@ -56,6 +56,7 @@ class StaticForSequenceClassification(PreTrainedModel):
     config_class = StaticConfig
     base_model_prefix = "static"
     main_input_name = "input_ids"
+    _supports_sdpa = True  # no attention at all: trainer.speed.attention=sdpa|eager leave the model as it is
 
     def __init__(self, config: StaticConfig):
         super().__init__(config)
