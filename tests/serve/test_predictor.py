@@ -27,6 +27,16 @@ def test_tokenization_is_the_training_one(tiny_bundle, texts):
     assert ids.shape[1] == 32  # the long text is cut at the training length
 
 
+def test_the_ascii_fast_path_gives_the_normalizer_s_ids(tiny_bundle, texts):
+    """Printable ASCII batches skip the BERT normalizer (str.lower instead); any other text takes the full path."""
+    encoder = TextEncoder(tiny_bundle, 32)
+    assert encoder._plain is not None
+    hard = ["Café crème BRÛLÉE", "tab\tseparated\nlines", "中文 text", "ctrl\x07char", "ＦＵＬＬ width"]
+    for batch in ([*texts, "MiXeD Case, punct.!? 1/2-inch (x) [y] {z} #42 a_b"], hard, [texts[0], *hard]):
+        expected = AutoTokenizer.from_pretrained(tiny_bundle)(batch, truncation=True, max_length=32)["input_ids"]
+        assert encoder.encode(batch) == expected
+
+
 def test_predict_matches_the_model_in_order(tiny_bundle, texts):
     predictor = Predictor.load(tiny_bundle, variant="onnx", batch_size=8, cache_size=0)
     mixed = [texts[3], texts[0], "x", texts[3], *texts[5:30]]  # lengths mixed, a duplicate: several batches

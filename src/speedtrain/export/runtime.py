@@ -97,6 +97,8 @@ class OrtRunner:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # warnings about unused initializers are noise here
+        if threads > 1:  # idle pool threads sleep instead of spinning: they starve the tokenizer's threads otherwise
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -127,13 +129,22 @@ class TextEncoder:
         self._normalize = normalizer.normalize_str if normalizer is not None else (lambda text: text)
         # tokenizers >= 0.21: the same ids without computing character offsets (1.3x the texts/s here)
         self._encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        self._plain = _without_bert_normalizer(self.tokenizer)
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text (truncated, not padded).
+
+        A batch of printable ASCII texts skips the BERT normalizer, whose work on such text is at most lowercasing
+        (``str.lower`` does it here): 1.5x the texts/s of the full pipeline on the default data, same ids (tested).
+        """
+        if self._plain is not None and all(t.isascii() and t.isprintable() for t in texts):
+            plain, lowercase = self._plain
+            encode = getattr(plain, "encode_batch_fast", plain.encode_batch)
+            return [e.ids for e in encode([t.lower() for t in texts] if lowercase else texts)]
+        return [e.ids for e in self._encode_batch(texts)]
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.pad(self.encode(texts))
-
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text (truncated, not padded)."""
-        return [e.ids for e in self._encode_batch(texts)]
 
     def pad(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Token id lists -> ``(ids, mask)`` padded to the longest (vectorised: no per-row Python copy)."""
@@ -170,3 +181,17 @@ class TextEncoder:
     def normalize(self, text: str) -> str:
         """The text as the tokenizer sees it (its normalizer, runs of whitespace as one space): a cache key."""
         return " ".join(self._normalize(text).split())
+
+
+def _without_bert_normalizer(tokenizer) -> tuple | None:
+    """``(copy of tokenizer without its normalizer, lowercase)`` when the normalizer is a ``BertNormalizer``: on
+    printable ASCII its control-character cleanup, CJK spacing and accent stripping change nothing, so the copy on
+    (lowercased) text gives the same ids. None for any other normalizer."""
+    from tokenizers import Tokenizer, normalizers
+
+    normalizer = tokenizer.normalizer
+    if not isinstance(normalizer, normalizers.BertNormalizer):
+        return None
+    plain = Tokenizer.from_str(tokenizer.to_str())  # truncation and padding settings included
+    plain.normalizer = None
+    return plain, bool(normalizer.lowercase)

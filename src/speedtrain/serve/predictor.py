@@ -66,7 +66,8 @@ class Predictor:
         """``[{"label": name, "score": probability}]`` for each text, in order."""
         probs = self.predict_proba(texts)
         best = probs.argmax(axis=1)
-        return [{"label": self.labels[i], "score": float(p[i])} for i, p in zip(best, probs)]
+        scores = probs[np.arange(len(best)), best].tolist()  # one conversion, not a numpy scalar per text
+        return [{"label": self.labels[i], "score": score} for i, score in zip(best.tolist(), scores)]
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities ``(N, C)`` for the ``N`` texts."""
