@@ -62,9 +62,14 @@ def test_a_latency_budget_picks_the_most_accurate_family_that_fits(tmp_path):
     picked = apply_latency_budget(cfg)
     assert picked.model_family == "static" and picked.model._target_.endswith("build_static_student")
     assert picked.data.batch_size == 128 and picked.data.max_length == 64  # the family's recipe follows it
-    mini = apply_latency_budget(compose_config(["+experiment=distill", "export.latency_budget_ms=9",
+    roomy = apply_latency_budget(compose_config(["+experiment=distill", "export.latency_budget_ms=9",
+                                                 f"paths.output_dir={tmp_path}"]))
+    assert roomy.model_family == "static"  # the most accurate family measured, and the fastest
+    tiny = apply_latency_budget(compose_config(["+experiment=distill", "export.latency_budget_ms=9",
+                                                "~export.families", "+export.families={bert_mini:1.5,bert_tiny:0.45}",
                                                 f"paths.output_dir={tmp_path}"]))
-    assert mini.model.num_hidden_layers == 4 and mini.model.max_length == 32  # bert_mini over its bert_tiny defaults
+    assert tiny.model_family == "bert_mini" and tiny.model.num_hidden_layers == 4  # over its bert_tiny defaults
+    assert tiny.model.max_length == 32 and tiny.model.recipe.lr == pytest.approx(5e-4)
     assert apply_latency_budget(cfg.copy()).model_family == "static"
     unchanged = compose_config(["+experiment=distill", f"paths.output_dir={tmp_path}"])
     assert apply_latency_budget(unchanged) is unchanged  # no budget: the model group's choice
