@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +63,8 @@ def test_frontier_report_writes_students_and_peers(tmp_path, product_rows):
     # W&B: one offline run with the table, all of it under the sweep folder; no fastText file left behind
     (run_file,) = sweep.glob("wandb/offline-run-*/run-*.wandb")
     assert run_file.stat().st_size > 0
+    # its wandb-core service is gone: processes started later would otherwise attach to it (and share run ids)
+    assert "WANDB_SERVICE" not in os.environ
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "2", "frontier.csv", "frontier.md", "frontier.png",
                                                          "wandb"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun", "products.csv"]

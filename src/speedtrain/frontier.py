@@ -177,6 +177,9 @@ def log_to_wandb(cfg: DictConfig, sweep_dir: Path, rows: list[dict], png: Path) 
             log_frontier(run, rows, png)
         finally:
             run.finish()
+            # stop this process's wandb-core service and drop WANDB_SERVICE from the environment: processes started
+            # later (DDP ranks, the next command of a notebook or test) would attach to it and share its run ids
+            wandb.teardown()
     finally:
         for var, value in saved.items():
             if value is None:
