@@ -20,6 +20,7 @@ import torch
 from hydra.utils import instantiate
 
 from speedtrain.config import compose_config
+from speedtrain.families import builder_config
 
 
 def step_seconds(model, batch, labels, optimizer, precision: str, device: str, steps: int) -> float:
@@ -65,7 +66,7 @@ def main() -> None:
 
     cfg = compose_config(["paths.output_dir=.", *args.overrides])
     torch.manual_seed(0)
-    model = instantiate(cfg.model, vocab_size=args.vocab_size, num_labels=args.num_labels).to(args.device)
+    model = instantiate(builder_config(cfg.model), vocab_size=args.vocab_size, num_labels=args.num_labels).to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ids = torch.randint(5, args.vocab_size, (args.batch_size, args.seq_len), device=args.device)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}

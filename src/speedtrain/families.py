@@ -22,15 +22,26 @@ log = logging.getLogger(__name__)
 
 
 def model_name(cfg: DictConfig) -> str:
-    """The model group's choice (``static``, ``bert_tiny``, ...): ``cfg.model_family`` once a budget picked it, else
-    Hydra's choice, else the builder's name."""
+    """The student family (``static``, ``bert_tiny``, ...): ``cfg.model_family`` once a budget picked it, else the
+    model config's own ``family``, else Hydra's choice of the model group, else the builder's name."""
     if cfg.get("model_family"):
         return str(cfg.model_family)
+    if (cfg.get("model") or {}).get("family"):
+        return str(cfg.model.family)
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
         return str(HydraConfig.get().runtime.choices.get("model"))
     return str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+def builder_config(model: DictConfig) -> DictConfig:
+    """The ``model`` node as its ``_target_`` takes it: without ``family`` and ``recipe`` (for the experiments)."""
+    node = model.copy()
+    with open_dict(node):
+        for key in ("family", "recipe"):
+            node.pop(key, None)
+    return node
 
 
 def load_model_config(name: str) -> DictConfig:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
 from speedtrain.callbacks.export_bench import best_student, build_exporter, bundle_summary, export_options
@@ -27,7 +27,7 @@ from speedtrain.distill.teacher import (
     teacher_run_config,
 )
 from speedtrain.errors import UserError
-from speedtrain.families import apply_latency_budget, check_budget, check_family, model_name
+from speedtrain.families import apply_latency_budget, builder_config, check_budget, check_family, model_name
 from speedtrain.loggers import finish_wandb, log_confusion_matrix
 from speedtrain.models.student import count_parameters
 from speedtrain.models.teacher import load_tokenizer, resolve_source
@@ -227,13 +227,10 @@ def prepare_distillation(
 
 
 def build_model(cfg: DictConfig, datamodule: TextDataModule):
-    """The student of ``cfg.model`` (its ``recipe`` is for the experiments, not the builder), sized to the
-    datamodule's tokenizer and labels."""
-    node = cfg.model.copy()
-    with open_dict(node):
-        node.pop("recipe", None)
+    """The student of ``cfg.model`` (its ``family`` and ``recipe`` are for the experiments, not the builder), sized
+    to the datamodule's tokenizer and labels."""
     return instantiate(
-        node,
+        builder_config(cfg.model),
         vocab_size=len(datamodule.tokenizer),
         num_labels=datamodule.num_labels,
         pad_token_id=datamodule.tokenizer.pad_token_id,

