@@ -90,13 +90,36 @@ def test_save_and_load_with_auto_class(tmp_path):
     assert count_parameters(model)["params_non_embedding"] == 16 * LABELS + LABELS  # the head only
 
 
-def test_onnx_int8_fp16_and_pt2_match_eager(tmp_path):
+def test_weighted_pooling_starts_as_the_mean_and_learns_an_importance_per_row():
+    mean, weighted = _model(ngram=2), _model(ngram=2, pooling="weighted")
+    assert set(weighted.load_state_dict(mean.state_dict(), strict=False).missing_keys) == {"importance.weight"}
+    ids = torch.tensor([[2, 7, 9, 3, 0]])
+    mask = (ids != 0).long()
+    torch.testing.assert_close(_logits(weighted, ids, mask), _logits(mean, ids, mask))  # importance 0: e^0 = 1
+    with torch.no_grad():
+        weighted.importance.weight[7] = 2.0  # piece 7 counts e^2 times
+        weighted.importance.weight[3] = 50.0  # clamped to e^8
+    rows = [2, 7, 9, 3, *[(a * HASH_PRIME + b) % BUCKETS + VOCAB for a, b in [(2, 7), (7, 9), (9, 3)]]]
+    w = torch.ones(len(rows))
+    w[1], w[3] = torch.e ** 2, torch.e ** 8
+    table = weighted.embeddings.weight[rows]
+    expected = weighted.classifier((w[:, None] * table).sum(0, keepdim=True) / w.sum())
+    torch.testing.assert_close(_logits(weighted, ids, mask), expected.detach())
+    assert "importance.weight" in dict(weighted.named_parameters())
+
+
+@pytest.mark.parametrize("pooling", ["mean", "weighted"])
+def test_onnx_int8_fp16_and_pt2_match_eager(tmp_path, pooling):
     from speedtrain.export.onnx import export_onnx, to_fp16
     from speedtrain.export.pt2 import export_pt2
     from speedtrain.export.quantize import quantize_int8
     from speedtrain.export.runtime import OrtRunner, TorchRunner
 
-    model = _model(ngram=3)
+    model = _model(ngram=3, pooling=pooling)
+    import torch._inductor  # noqa: F401 (aoti_load_package)
+
+    if pooling == "weighted":
+        torch.nn.init.normal_(model.importance.weight, std=1.0)
     export_onnx(model, tmp_path / "model.onnx", max_length=16)
     quantize_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx")
     to_fp16(tmp_path / "model.onnx", tmp_path / "model.fp16.onnx")
@@ -112,8 +135,6 @@ def test_onnx_int8_fp16_and_pt2_match_eager(tmp_path):
         np.testing.assert_allclose(OrtRunner(tmp_path / "model.fp16.onnx", 1)(ids, mask), expected, atol=5e-2)
         int8 = OrtRunner(tmp_path / "model.int8.onnx", 1)(ids, mask)
         assert np.abs(int8 - expected).max() <= 0.1 * np.abs(expected).max()
-        import torch._inductor
-
         pt2 = TorchRunner(torch._inductor.aoti_load_package(str(tmp_path / "model.pt2")), 1)(ids, mask)
         np.testing.assert_allclose(pt2, expected, atol=1e-4)
 
@@ -123,6 +144,7 @@ def test_onnx_int8_fp16_and_pt2_match_eager(tmp_path):
     ({"buckets": 0}, "model.buckets=0 must be positive"),
     ({"hidden_size": 0}, "model.hidden_size=0 must be positive"),
     ({"head_hidden": -1}, "model.head_hidden=-1 must be >= 0"),
+    ({"pooling": "max"}, "model.pooling='max' must be 'mean' or 'weighted'"),
 ])
 def test_bad_sizes_one_clear_error(kwargs, message):
     with pytest.raises(UserError, match=message):

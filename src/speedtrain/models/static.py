@@ -36,6 +36,8 @@ class StaticConfig(PretrainedConfig):
         buckets: hashed n-gram rows (after the vocabulary rows).
         head_hidden: width of a GELU layer before the classifier (0: a linear classifier on the mean).
         dropout: dropout on the pooled vector while training.
+        pooling: ``mean`` (every piece and n-gram counts the same) or ``weighted`` (each row also learns a scalar
+            importance ``w``; the text is ``sum(exp(w_i) e_i) / sum(exp(w_i))``: IDF-like, learned).
         max_position_embeddings: longest input in tokens (``max_length`` is a generation setting in ``transformers``).
     """
 
@@ -43,10 +45,10 @@ class StaticConfig(PretrainedConfig):
 
     def __init__(self, vocab_size: int = 5000, hidden_size: int = 128, ngram: int = 2, buckets: int = 2**17,
                  head_hidden: int = 0, dropout: float = 0.1, max_position_embeddings: int = 64, pad_token_id: int = 0,
-                 **kwargs):
+                 pooling: str = "mean", **kwargs):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.vocab_size, self.hidden_size, self.ngram, self.buckets = vocab_size, hidden_size, ngram, buckets
-        self.head_hidden, self.dropout = head_hidden, dropout
+        self.head_hidden, self.dropout, self.pooling = head_hidden, dropout, pooling
         self.max_position_embeddings = max_position_embeddings
 
 
@@ -62,6 +64,9 @@ class StaticForSequenceClassification(PreTrainedModel):
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size + config.buckets, config.hidden_size,
                                        padding_idx=config.pad_token_id)
+        # pooling=weighted: a learned log-importance per row (starts at 0: the plain mean)
+        self.importance = (nn.Embedding(config.vocab_size + config.buckets, 1) if config.pooling == "weighted"
+                           else None)
         self.dropout = nn.Dropout(config.dropout)
         d, c = config.hidden_size, config.num_labels
         self.classifier = (nn.Sequential(nn.Linear(d, config.head_hidden), nn.GELU(), nn.Linear(config.head_hidden, c))
@@ -69,7 +74,9 @@ class StaticForSequenceClassification(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Embedding):
+        if module is self.importance:
+            nn.init.zeros_(module.weight)
+        elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
             with torch.no_grad():
                 module.weight[module.padding_idx].zero_()
@@ -105,8 +112,10 @@ class StaticForSequenceClassification(PreTrainedModel):
             attention_mask = (input_ids != self.config.pad_token_id).long()
         rows, weights = self.grams(input_ids, attention_mask)  # (B, G), (B, G)
         weights = weights.to(self.embeddings.weight.dtype)
+        if self.importance is not None:  # within e^+-8: fp16 exports stay finite
+            weights = weights * self.importance(rows).squeeze(-1).clamp(-8.0, 8.0).exp()
         total = torch.bmm(weights.unsqueeze(1), self.embeddings(rows)).squeeze(1)  # (B, D): masked sum, one op
-        pooled = total / weights.sum(1, keepdim=True).clamp(min=1)  # the mean over the text's pieces and n-grams
+        pooled = total / weights.sum(1, keepdim=True).clamp(min=1e-4)  # the (weighted) mean of its pieces and n-grams
         logits = self.classifier(self.dropout(pooled))  # (B, C)
         loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         hidden = (pooled,) if output_hidden_states else None
@@ -126,6 +135,7 @@ def build_static_student(
     buckets: int = 2**17,
     head_hidden: int = 0,
     dropout: float = 0.1,
+    pooling: str = "mean",
     pad_token_id: int = 0,
     id2label: dict[int, str] | None = None,
 ) -> StaticForSequenceClassification:
@@ -141,12 +151,14 @@ def build_static_student(
         raise UserError(f"model.ngram={ngram} must be 1, 2 or 3 (longest n-gram of word pieces), e.g. model.ngram=2")
     if ngram > 1 and buckets <= 0:
         raise UserError(f"model.buckets={buckets} must be positive with model.ngram={ngram}, e.g. 131072")
+    if pooling not in ("mean", "weighted"):
+        raise UserError(f"model.pooling={pooling!r} must be 'mean' or 'weighted' (a learned importance per row)")
     if head_hidden < 0:
         raise UserError(f"model.head_hidden={head_hidden} must be >= 0 (0: a linear classifier)")
     id2label = id2label or {i: str(i) for i in range(num_labels)}
     config = StaticConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, ngram=ngram, buckets=buckets if ngram > 1 else 0,
-        head_hidden=head_hidden, dropout=dropout, max_position_embeddings=max_length, pad_token_id=pad_token_id,
+        head_hidden=head_hidden, dropout=dropout, pooling=pooling, max_position_embeddings=max_length, pad_token_id=pad_token_id,
         num_labels=num_labels, id2label=dict(id2label), label2id={v: k for k, v in id2label.items()},
     )
     return StaticForSequenceClassification(config)
