@@ -168,16 +168,3 @@ class OptunaSweeper(_sweeper_base()):
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # the base's __init__ only builds its implementation
         self.sweeper = _optuna_impl()(*args, **kwargs)
 
-
-def register_plugins() -> None:
-    """Register speedtrain's Hydra plugins (``hydra_plugins.speedtrain_plugins``) with Hydra.
-
-    Hydra finds plugins by scanning the ``hydra_plugins`` namespace package, which misses them in an editable
-    install of speedtrain (its package-dir mapping installs an import hook, not a path): ``train.py`` calls this.
-    """
-    from hydra.core.plugins import Plugins
-
-    from hydra_plugins.speedtrain_plugins import LocalLauncher, OptunaSweeper, SlurmLauncher
-
-    for plugin in (OptunaSweeper, SlurmLauncher, LocalLauncher):
-        Plugins.instance().register(plugin)
