@@ -8,8 +8,8 @@
 import hydra
 from omegaconf import DictConfig
 
+from hydra_plugins.speedtrain_plugins import register as register_plugins
 from speedtrain.errors import exit_on_user_error
-from speedtrain.sweep import register_plugins
 
 register_plugins()  # hparams_search=optuna, hydra/launcher=slurm|local
 

@@ -21,9 +21,9 @@ from hydra._internal.callbacks import Callbacks
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationValidationError
 
+from hydra_plugins.speedtrain_plugins import register as register_plugins
 from speedtrain.config import config_dir
 from speedtrain.launcher import LocalLauncher, SlurmLauncher
-from speedtrain.sweep import register_plugins
 from tests.conftest import REPO, TINY
 
 # the brief's example: 2 nodes x 4 GPUs, DDP over 8 processes

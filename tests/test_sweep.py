@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 
 import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY
+import train
+from speedtrain.config import config_dir
+from speedtrain.errors import UserError
+from speedtrain.sweep import check_search_space
+from tests.conftest import TINY, TINY_RUN
 from tests.crash import crash_overrides
 from tests.test_train import _cli
 
@@ -65,3 +74,45 @@ def test_optuna_sweep_returns_the_best_and_an_interrupted_sweep_continues(tmp_pa
     assert summary.set_index(summary["job"].astype(str)).loc["1", "status"] == "failed"
     assert {"module.optimizer.lr", "model.hidden_size"} <= set(summary.columns)
     assert (sweep / "sweep_summary.md").read_text().startswith(f"# Sweep {sweep}")
+
+
+def test_search_space_of_another_experiment_is_one_message_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """hparams_search=optuna searches distill.*: on +experiment=baseline Hydra failed on the first trial with
+    "Key 'distill' is not in struct" (exit 1, optuna.db written). Now: one line naming the fitting choice, exit 2,
+    no study, no job, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py", "-m", "hparams_search=optuna", "+experiment=baseline", *TINY_RUN,
+                                      f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        train.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    errors = [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert errors == ["speedtrain: error: hparams_search=optuna searches distill.* keys, which +experiment=baseline "
+                      "does not have; use hparams_search=optuna_baseline"], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _check(overrides: list[str], params: dict | None = None) -> None:
+    """check_search_space on the composed config (with its hydra node), as the sweeper sees it."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        check_search_space(cfg, cfg.hydra.sweeper.params if params is None else params,
+                           GlobalHydra.instance().config_loader())
+
+
+@pytest.mark.parametrize("overrides", [["+experiment=distill", "hparams_search=optuna"],
+                                       ["+experiment=distill", "hparams_search=optuna_baseline"],
+                                       ["+experiment=baseline", "hparams_search=optuna_baseline"],
+                                       ["+experiment=baseline", "model=static", "hparams_search=optuna_baseline"]])
+def test_search_spaces_that_fit(overrides):
+    _check(overrides)
+
+
+def test_search_space_missing_leaf_and_group_choices():
+    # a leaf the chosen model lacks is named as such; config group choices and +additions are left to Hydra
+    params = {"model.num_attention_heads": "choice(2,4)", "model": "choice(bert_tiny,static)", "+foo.bar": "1,2"}
+    with pytest.raises(UserError, match=re.escape(
+            "hydra.sweeper.params searches model.num_attention_heads, which +experiment=baseline does not have; "
+            "use hparams_search=optuna_baseline")):
+        _check(["+experiment=baseline", "model=static", "hydra/sweeper=optuna"], params)

@@ -62,11 +62,12 @@ def _train(overrides: list[str]) -> int:
     import hydra
     from omegaconf import DictConfig
 
+    # the one speedtrain module that imports speedtrain's Hydra plugins: they import speedtrain, not the other way
+    from hydra_plugins.speedtrain_plugins import register
     from speedtrain.config import config_dir
     from speedtrain.errors import exit_on_user_error
-    from speedtrain.sweep import register_plugins
 
-    register_plugins()  # hparams_search=optuna, hydra/launcher=slurm|local
+    register()  # hparams_search=optuna, hydra/launcher=slurm|local
 
     def task(cfg: DictConfig) -> float | None:
         from speedtrain.pipeline import run

@@ -6,7 +6,10 @@
 
 - ``n_trials`` is the size of the whole study, not of this launch: finished trials are not run again;
 - trials left running by the interruption are marked failed and their parameters are tried again first;
-- a failing trial is recorded as failed and the sweep goes on (``max_failure_rate`` per batch of trials).
+- a failing trial is recorded as failed and the sweep goes on (``max_failure_rate`` per batch of trials);
+- a search space with keys the composed config lacks (``hparams_search=optuna``, which searches ``distill.*``, on
+  ``+experiment=baseline``) stops the sweep before anything runs or is written, with one line naming the
+  ``hparams_search`` choice that fits (:func:`check_search_space`).
 
 :class:`SweepSummary` (a Hydra callback in ``conf/train.yaml``) ranks the jobs of any multirun by the objective
 from their ``metrics.json``; the Optuna sweeper also writes it after every batch of trials.
@@ -21,6 +24,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from speedtrain.errors import UserError, exit_on_user_error
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,85 @@ class SweepSummary(Callback):
             log.info("Sweep summary: %s (and .md)", path)
 
 
+def _missing_part(config: DictConfig, key: str) -> str | None:
+    """The first part of the dotted ``key`` that ``config`` lacks (``distill`` for ``distill.loss.alpha`` when the
+    config has no ``distill`` node; the key itself when only its leaf is missing), or None when an override of
+    ``key`` would apply (the key is there, or its node accepts new keys)."""
+    node: Any = config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, DictConfig):  # a list, or a value: Hydra decides
+            return None
+        if part not in node.keys():  # (`in node` is False for a ??? value)
+            return None if not OmegaConf.is_struct(node) else ".".join(parts[:i + 1])
+        if i < len(parts) - 1:
+            try:
+                node = node[part]
+            except Exception:  # noqa: BLE001 (an unresolvable interpolation or ???: Hydra decides)
+                return None
+    return None
+
+
+def _unfit_keys(config: DictConfig, keys: Any) -> dict[str, str]:
+    """The search-space ``keys`` that would not apply to ``config``: key -> the part it lacks. Config group choices
+    (``model``, ``hydra/launcher``) and additions (``+key``, ``~key``) are left to Hydra."""
+    choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
+    missing = {}
+    for key in keys:
+        key = str(key)
+        if key.startswith(("+", "~")) or "/" in key or "@" in key or key in choices:
+            continue
+        part = _missing_part(config, key)
+        if part is not None:
+            missing[key] = part
+    return missing
+
+
+def _search_params(config_loader: Any, choice: str) -> Any:
+    """The ``hydra.sweeper.params`` keys of ``conf/hparams_search/<choice>.yaml`` (None when it has none)."""
+    for source in config_loader.get_sources():
+        path = f"hparams_search/{choice}"
+        if source.is_config(path):
+            result = source.load_config(path)
+            params = OmegaConf.select(result.config, "hydra.sweeper.params", default=None)
+            return list(params.keys()) if params else None
+    return None
+
+
+def check_search_space(config: DictConfig, params: Any, config_loader: Any = None) -> None:
+    """Raise a :class:`UserError` when a key of the sweeper's search space (``hydra.sweeper.params``) is not in the
+    composed ``config``: Hydra would fail on the first trial with "Key 'distill' is not in struct", after the
+    study is created. The message names the missing keys and, given Hydra's ``config_loader``, the other
+    ``hparams_search`` choices whose keys all fit."""
+    missing = _unfit_keys(config, (params or {}).keys())
+    if not missing:
+        return
+    names = []
+    for key, part in missing.items():
+        name = key if part == key else f"{part}.*"
+        if name not in names:
+            names.append(name)
+    what = " and ".join(n + " keys" if n.endswith(".*") else n for n in names)
+    choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
+    current = choices.get("hparams_search")
+    searcher = f"hparams_search={current}" if current else "hydra.sweeper.params"
+    experiment = choices.get("experiment")
+    task_overrides = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=None) or []]
+    given = [o for o in task_overrides if o.lstrip("+").startswith("experiment=")]
+    owner = given[-1] if given else f"+experiment={experiment}" if experiment else "this config"
+    fits = []
+    if config_loader is not None:
+        for choice in config_loader.get_group_options("hparams_search"):
+            keys = _search_params(config_loader, choice)
+            if choice != current and keys and not _unfit_keys(config, keys):
+                fits.append(f"hparams_search={choice}")
+    if fits:
+        fix = "use " + " or ".join(fits)
+    else:
+        fix = "pick an experiment that has them, or drop them from the search (hydra.sweeper.params)"
+    raise UserError(f"{searcher} searches {what}, which {owner} does not have; {fix}")
+
+
 def _optuna_impl():
     from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
@@ -117,6 +201,8 @@ def _optuna_impl():
             import optuna
             from optuna.trial import TrialState
 
+            with exit_on_user_error():  # before the study or the sweep folder exists: nothing is written
+                check_search_space(self.config, self.params, self.hydra_context.config_loader)
             Path(str(self.sweep_dir)).mkdir(parents=True, exist_ok=True)  # sqlite needs the folder
             total = self.n_trials
             if self.storage and self.study_name and self.study_name in {
@@ -168,16 +254,3 @@ class OptunaSweeper(_sweeper_base()):
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # the base's __init__ only builds its implementation
         self.sweeper = _optuna_impl()(*args, **kwargs)
 
-
-def register_plugins() -> None:
-    """Register speedtrain's Hydra plugins (``hydra_plugins.speedtrain_plugins``) with Hydra.
-
-    Hydra finds plugins by scanning the ``hydra_plugins`` namespace package, which misses them in an editable
-    install of speedtrain (its package-dir mapping installs an import hook, not a path): ``train.py`` calls this.
-    """
-    from hydra.core.plugins import Plugins
-
-    from hydra_plugins.speedtrain_plugins import LocalLauncher, OptunaSweeper, SlurmLauncher
-
-    for plugin in (OptunaSweeper, SlurmLauncher, LocalLauncher):
-        Plugins.instance().register(plugin)
