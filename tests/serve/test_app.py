@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from speedtrain.bench.load import LoadOptions, make_bodies, make_texts, run_load
-from speedtrain.serve.app import LRUCache, MicroBatcher, Overloaded
+from speedtrain.serve.batcher import MicroBatcher, Overloaded
+from speedtrain.serve.cache import LRUCache
 from speedtrain.serve.predictor import Predictor
 
 KEY = "s3cret"
