@@ -82,8 +82,7 @@ class ServeApp:
         return [{"label": labels[i], "score": s} for i, s in zip(best.tolist(), scores)]
 
     async def predict(self, texts: list[str]) -> list[dict]:
-        cache = self.cache
-        results = [cache.get(t) for t in texts] if cache.size else [None] * len(texts)
+        results = self.cache.get_many(texts)
         missing = [i for i, r in enumerate(results) if r is None]
         m = self.metrics
         m.texts.inc(len(texts))
@@ -91,13 +90,14 @@ class ServeApp:
             m.hits.inc(len(texts) - len(missing))
         if missing:
             m.misses.inc(len(missing))
+            asked = [texts[i] for i in missing]
             try:
-                found = await self.batcher.submit([texts[i] for i in missing])
+                found = await self.batcher.submit(asked)
             except Overloaded as err:
                 raise HTTPError(503, f"{err}; retry later", [(b"retry-after", b"1")]) from None
             for i, r in zip(missing, found):
                 results[i] = r
-                cache.put(texts[i], r)
+            self.cache.put_many(zip(asked, found))
         return results
 
     # -- ASGI ------------------------------------------------------------------------------------------------------
