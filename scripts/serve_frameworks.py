@@ -33,7 +33,7 @@ SCENARIOS = {"http": (64, 1.0), "model": (64, 0.0), "latency": (8, 0.0)}  # conn
 def options_json(bundle: str, port: int) -> str:
     from dataclasses import asdict
 
-    from speedtrain.serve.app import ServeOptions
+    from speedtrain.serve.options import ServeOptions
 
     return json.dumps(asdict(ServeOptions(bundle=bundle, port=port, workers=1, threads=1).check()))
 
@@ -41,7 +41,8 @@ def options_json(bundle: str, port: int) -> str:
 def run_stack(stack: str, bundle: str, port: int) -> None:
     import uvicorn
 
-    from speedtrain.serve.app import OPTIONS_ENV, HTTPError, ServeApp, ServeOptions
+    from speedtrain.serve.app import HTTPError, ServeApp
+    from speedtrain.serve.options import OPTIONS_ENV, ServeOptions
 
     os.environ[OPTIONS_ENV] = options_json(bundle, port)
     if stack == "asgi-granian":

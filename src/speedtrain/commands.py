@@ -137,7 +137,8 @@ def serve(argv: list[str]) -> int:
     """Serve a bundle over HTTP: POST /predict, /healthz, /readyz, /metrics, /docs (micro-batching, cache, workers)."""
     import dataclasses
 
-    from speedtrain.serve.app import API_KEY_ENV, ServeOptions, serve as run_server
+    from speedtrain.serve.options import API_KEY_ENV, ServeOptions
+    from speedtrain.serve.supervisor import serve as run_server
 
     parser = argparse.ArgumentParser(prog="speedtrain serve", description=serve.__doc__)
     parser.add_argument("bundle")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from speedtrain.bench.load import LoadOptions, make_bodies, make_texts, run_load
-from speedtrain.serve.app import LRUCache, MicroBatcher, Overloaded
+from speedtrain.serve.batcher import MicroBatcher, Overloaded
 from speedtrain.serve.predictor import Predictor
 
 KEY = "s3cret"
@@ -316,14 +316,3 @@ def test_micro_batcher_failure_fails_only_its_requests():
 
     asyncio.run(main())
 
-
-def test_lru_cache_evicts_least_recently_used():
-    cache = LRUCache(2)
-    cache.put("a", 1)
-    cache.put("b", 2)
-    assert cache.get("a") == 1  # "a" is now the most recent
-    cache.put("c", 3)
-    assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3
-    off = LRUCache(0)
-    off.put("a", 1)
-    assert off.get("a") is None

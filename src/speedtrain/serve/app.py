@@ -1,14 +1,10 @@
-"""``speedtrain serve``: a bundle behind an HTTP API with micro-batching, a result cache and several workers.
-
-    speedtrain serve outputs/<run>/bundle --port 8000 --workers 2
-    curl -s localhost:8000/predict -d '{"texts": ["live horses for breeding", "frozen fish fillets"]}'
-    # {"predictions":[{"label":"01","score":0.73},{"label":"03","score":0.98}]}
+"""The ASGI app of one ``speedtrain serve`` worker: routing, request checks, the result cache and the batcher.
 
 Endpoints: ``POST /predict`` (``{"texts": [...]}`` or ``{"text": "..."}``), ``GET /healthz`` (the process
 answers), ``GET /readyz`` (model loaded and not shutting down), ``GET /metrics`` (Prometheus), ``GET /docs`` and
 ``GET /openapi.json``.
 
-How a request is served (each worker process; the workers share the port):
+How a request is served (each worker process; the workers share the port, :mod:`speedtrain.serve.supervisor`):
 
 1. The body is read up to ``max_body_bytes`` (413 beyond), parsed with orjson (400 if it is not JSON), checked
    (422 for wrong types or an empty list, 413 past ``max_texts`` texts or ``max_text_chars`` characters).
@@ -20,231 +16,30 @@ How a request is served (each worker process; the workers share the port):
    accepting and answering while the model works. Under load the next batch fills while the current one runs.
 
 The app is a plain ASGI callable (no web framework): docs/benchmarks.md has the measurements that chose it and
-uvicorn (uvloop + httptools) over Starlette, FastAPI, granian and LitServe.
+uvicorn (uvloop + httptools) over Starlette, FastAPI, granian and LitServe. ``app_from_env`` is its factory for
+servers started by name (``speedtrain.serve.app:app_from_env``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import gc
 import hmac
 import json
 import logging
 import os
 import time
-from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import orjson
 
-from speedtrain.errors import UserError
-from speedtrain.export.bundle import read_manifest
+from speedtrain.serve.batcher import MicroBatcher, Overloaded
+from speedtrain.serve.cache import LRUCache
+from speedtrain.serve.metrics import Metrics
+from speedtrain.serve.openapi import DOCS_HTML, openapi
+from speedtrain.serve.options import API_KEY_ENV, OPTIONS_ENV, ServeOptions
 
 log = logging.getLogger(__name__)
-
-OPTIONS_ENV = "SPEEDTRAIN_SERVE_OPTIONS"  # the options, as JSON, for the worker processes
-API_KEY_ENV = "SPEEDTRAIN_API_KEY"
-
-
-@dataclasses.dataclass
-class ServeOptions:
-    """Everything ``speedtrain serve`` takes (its flags have the same names)."""
-
-    bundle: str = ""
-    variant: str = "fast"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 0  # processes sharing the port, each with its own model, batcher and cache; 0: one per core
-    threads: int = 0  # model threads per worker; 0: the cores divided among the workers
-    pin: bool = True  # several workers: give each its own cores (when they go round), halving hand-off latency
-    max_batch_size: int = 64  # texts per model call
-    max_wait_ms: float = 0.0  # after an idle spell, how long the batcher waits for company (0: batches form
-    # from what arrives while the model is busy; measured here: 0 gave 5.6 vs 7.2 ms p50 at 8 connections)
-    max_queue: int = 2048  # texts waiting for the model (per worker); beyond: 503
-    max_texts: int = 256  # texts per request; beyond: 413
-    max_text_chars: int = 2000  # characters per text; beyond: 413 (the model reads at most max_length tokens)
-    max_body_bytes: int = 1 << 20  # request body; beyond: 413
-    cache_size: int = 65536  # results kept per worker (LRU); 0 turns the cache off
-    api_key: str | None = None  # when set, requests need "X-API-Key: <key>" or "Authorization: Bearer <key>"
-    graceful_timeout_s: float = 30.0  # on SIGTERM/SIGINT, how long in-flight requests get to finish
-    log_level: str = "warning"
-
-    def check(self) -> ServeOptions:
-        """Check every value (a :class:`UserError` names the first bad one and its fix) and resolve the automatic
-        ones (``workers`` and ``threads`` 0)."""
-        positive = ("max_batch_size", "max_queue", "max_texts", "max_text_chars", "max_body_bytes")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise UserError(f"--{name.replace('_', '-')}={value} must be a positive integer")
-        for name in ("workers", "threads", "cache_size"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 0")
-        if self.max_wait_ms < 0:
-            raise UserError(f"--max-wait-ms={self.max_wait_ms} must be >= 0 (0: never wait for company)")
-        if not 0 < self.port < 65536:
-            raise UserError(f"--port={self.port} must be between 1 and 65535")
-        if self.max_queue < self.max_batch_size:
-            raise UserError(f"--max-queue={self.max_queue} must be >= --max-batch-size={self.max_batch_size}")
-        if not (Path(self.bundle) / "speedtrain.json").is_file():
-            raise UserError(f"{self.bundle!r} is not a bundle (no speedtrain.json); pass the bundle folder a run "
-                            "wrote, e.g. outputs/<date>/<time>/bundle")
-        if not self.workers:
-            self.workers = len(available_cores())
-        if not self.threads:
-            self.threads = max(1, len(available_cores()) // self.workers)
-        manifest = read_manifest(self.bundle)
-        if self.variant != "fast" and self.variant not in manifest["variants"]:
-            raise UserError(f"--variant={self.variant} is not in the bundle {self.bundle}; it has "
-                            f"{sorted(manifest['variants'])} (or 'fast')")
-        return self
-
-
-def available_cores() -> list[int]:
-    """The CPUs this process may run on (a container's or ``taskset``'s share, not the whole machine)."""
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
-class Overloaded(Exception):
-    """The batcher's queue is full."""
-
-
-class MicroBatcher:
-    """Groups the texts of concurrent requests into model calls, run one at a time in a worker thread.
-
-    ``infer(texts) -> list`` gets at most ``max_batch_size`` texts (more only when a single request brings more)
-    and returns one result per text.
-    """
-
-    def __init__(self, infer, max_batch_size: int, max_wait_s: float, max_queue: int, on_batch=None):
-        self.infer, self.max_batch_size, self.max_wait_s, self.max_queue = infer, max_batch_size, max_wait_s, max_queue
-        self.on_batch = on_batch or (lambda size, queued: None)
-        self.pending: deque[tuple[list[str], asyncio.Future]] = deque()
-        self.queued = 0  # texts in self.pending
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="speedtrain-model")
-        self._wakeup = asyncio.Event()
-        self._closing = False
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    def submit(self, texts: list[str]) -> asyncio.Future:
-        """A future for the results of ``texts``; raises :class:`Overloaded` when the queue is full."""
-        if self._closing:
-            raise Overloaded("shutting down")
-        if self.queued and self.queued + len(texts) > self.max_queue:
-            raise Overloaded(f"overloaded: {self.queued} texts are waiting for the model (--max-queue "
-                             f"{self.max_queue})")
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((texts, future))
-        self.queued += len(texts)
-        self._wakeup.set()
-        return future
-
-    async def close(self) -> None:
-        """Finish what is queued, then stop."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-        self.executor.shutdown(wait=True)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self.pending:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                if self.max_wait_s and self.queued < self.max_batch_size and not self._closing:
-                    await asyncio.sleep(self.max_wait_s)  # the model was idle: let concurrent requests join
-                continue
-            batch, texts = [], []
-            while self.pending and (not texts or len(texts) + len(self.pending[0][0]) <= self.max_batch_size):
-                item = self.pending.popleft()
-                batch.append(item)
-                texts.extend(item[0])
-            self.queued -= len(texts)
-            self.on_batch(len(texts), self.queued)
-            try:
-                results = await loop.run_in_executor(self.executor, self.infer, texts)
-            except Exception as err:  # a model failure fails these requests (500), not the server
-                log.exception("model call failed for a batch of %d texts", len(texts))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(err)
-                continue
-            at = 0
-            for item_texts, future in batch:
-                if not future.done():  # a client that went away cancelled its future
-                    future.set_result(results[at:at + len(item_texts)])
-                at += len(item_texts)
-
-
-class LRUCache:
-    """Text -> result, least recently used out first. Event-loop only (no lock)."""
-
-    def __init__(self, size: int):
-        self.size, self.data = size, OrderedDict()
-
-    def get(self, key):
-        value = self.data.get(key)
-        if value is not None:
-            self.data.move_to_end(key)
-        return value
-
-    def put(self, key, value) -> None:
-        if self.size:
-            self.data[key] = value
-            if len(self.data) > self.size:
-                self.data.popitem(last=False)
-
-
-class Metrics:
-    """The Prometheus metrics of a worker (summed over the workers when ``PROMETHEUS_MULTIPROC_DIR`` is set)."""
-
-    def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-
-        disable_created_metrics()  # no *_created series: half the /metrics text, nothing a dashboard uses
-        self.registry = CollectorRegistry()
-        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-        kw = {"registry": None if self.multiprocess else self.registry}
-        self.requests = Counter("speedtrain_requests_total", "HTTP requests by endpoint and status",
-                                ["endpoint", "status"], **kw)
-        self.latency = Histogram("speedtrain_request_latency_seconds", "POST /predict latency (200 answers)",
-                                 buckets=(.0005, .001, .002, .003, .005, .008, .012, .02, .05, .1, .25, .5, 1, 2.5),
-                                 **kw)
-        self.batch = Histogram("speedtrain_batch_size", "texts per model call",
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), **kw)
-        self.queue = Gauge("speedtrain_queue_depth", "texts waiting for the model", multiprocess_mode="livesum", **kw)
-        self.texts = Counter("speedtrain_texts_total", "texts predicted (cached or not)", **kw)
-        self.hits = Counter("speedtrain_cache_hits_total", "texts answered from the result cache", **kw)
-        self.misses = Counter("speedtrain_cache_misses_total", "texts that went to the model", **kw)
-        self.ok = self.requests.labels("/predict", "200")
-
-    def on_batch(self, size: int, queued: int) -> None:
-        self.batch.observe(size)
-        self.queue.set(queued)
-
-    def exposition(self) -> bytes:
-        from prometheus_client import generate_latest
-
-        if self.multiprocess:
-            from prometheus_client import CollectorRegistry, multiprocess
-
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-            return generate_latest(registry)
-        return generate_latest(self.registry)
 
 
 class HTTPError(Exception):
@@ -287,8 +82,7 @@ class ServeApp:
         return [{"label": labels[i], "score": s} for i, s in zip(best.tolist(), scores)]
 
     async def predict(self, texts: list[str]) -> list[dict]:
-        cache = self.cache
-        results = [cache.get(t) for t in texts] if cache.size else [None] * len(texts)
+        results = self.cache.get_many(texts)
         missing = [i for i, r in enumerate(results) if r is None]
         m = self.metrics
         m.texts.inc(len(texts))
@@ -296,13 +90,14 @@ class ServeApp:
             m.hits.inc(len(texts) - len(missing))
         if missing:
             m.misses.inc(len(missing))
+            asked = [texts[i] for i in missing]
             try:
-                found = await self.batcher.submit([texts[i] for i in missing])
+                found = await self.batcher.submit(asked)
             except Overloaded as err:
                 raise HTTPError(503, f"{err}; retry later", [(b"retry-after", b"1")]) from None
             for i, r in zip(missing, found):
                 results[i] = r
-                cache.put(texts[i], r)
+            self.cache.put_many(zip(asked, found))
         return results
 
     # -- ASGI ------------------------------------------------------------------------------------------------------
@@ -460,184 +255,9 @@ async def respond(send, status: int, body: bytes, headers: list) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def openapi(options: ServeOptions) -> dict:
-    """The OpenAPI 3.1 description of the API (served at /openapi.json, rendered at /docs)."""
-    prediction = {"type": "object", "properties": {"label": {"type": "string"}, "score": {"type": "number"}},
-                  "required": ["label", "score"]}
-    error = {"description": "error", "content": {"application/json": {"schema": {
-        "type": "object", "properties": {"error": {"type": "string"}}}}}}
-    request = {"oneOf": [
-        {"type": "object", "required": ["texts"], "properties": {"texts": {
-            "type": "array", "minItems": 1, "maxItems": options.max_texts,
-            "items": {"type": "string", "maxLength": options.max_text_chars}}}},
-        {"type": "object", "required": ["text"], "properties": {"text": {
-            "type": "string", "maxLength": options.max_text_chars}}}]}
-    simple = {"200": {"description": "ok"}}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "speedtrain serve", "version": _version(),
-                 "description": f"Text classification with the bundle {Path(options.bundle).resolve()}"},
-        "paths": {
-            "/predict": {"post": {
-                "summary": "Label and score of each text, in order",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
-                "responses": {
-                    "200": {"description": "one prediction per text", "content": {"application/json": {"schema": {
-                        "type": "object", "properties": {"predictions": {"type": "array", "items": prediction}}}}}},
-                    "400": error, "401": error, "413": error, "422": error, "503": error}}},
-            "/healthz": {"get": {"summary": "The process answers", "responses": simple}},
-            "/readyz": {"get": {"summary": "The model is loaded and the server is not shutting down",
-                                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": simple}},
-        },
-    }
-
-
-def _version() -> str:
-    import speedtrain
-
-    return speedtrain.__version__
-
-
-DOCS_HTML = b"""<!doctype html>
-<html><head><title>speedtrain serve</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
-</body></html>
-"""
-
-
 def app_from_env() -> ServeApp:
     """The app of a worker process, configured by the JSON in ``$SPEEDTRAIN_SERVE_OPTIONS`` (uvicorn factory)."""
     raw = os.environ.get(OPTIONS_ENV)
     if not raw:
         raise RuntimeError(f"{OPTIONS_ENV} is not set; start the server with `speedtrain serve BUNDLE`")
     return ServeApp(ServeOptions(**json.loads(raw)))
-
-
-def _listen_socket(host: str, port: int, reuse_port: bool):
-    import socket
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise UserError(f"cannot listen on {host}:{port} ({err.strerror}); pick another --port or stop what "
-                        "uses it") from None
-    return sock
-
-
-def _uvicorn_server(config):
-    """uvicorn's server, but exiting with status 0 after a graceful shutdown on SIGTERM/SIGINT.
-
-    (uvicorn re-raises the signal once it has finished, so the process dies of it, status -15; a shutdown that
-    finished every request is a success to a supervisor, systemd or Kubernetes.)
-    """
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self):
-            with super().capture_signals():
-                yield
-                self._captured_signals = []  # handled: in-flight requests finished, the server stopped
-
-    return Server(config)
-
-
-def _run_worker(options_json: str, reuse_port: bool, index: int = 0) -> None:
-    """One worker process: its own socket on the shared port (``SO_REUSEPORT``), app, batcher and cache."""
-    import uvicorn
-
-    options = ServeOptions(**json.loads(options_json))
-    cores = available_cores()
-    if options.pin and options.workers > 1 and options.workers * options.threads <= len(cores):
-        # the loop thread and the model thread of a worker on the same core(s): a hand-off between them is a
-        # context switch, not a wake-up of another (virtual) CPU: 70 vs 240 µs per round trip measured here
-        os.sched_setaffinity(0, cores[index * options.threads:(index + 1) * options.threads])
-    sock = _listen_socket(options.host, options.port, reuse_port)
-    config = uvicorn.Config(ServeApp(options), loop="uvloop", http="httptools", lifespan="on",
-                            log_level=options.log_level, access_log=False, backlog=4096,
-                            timeout_graceful_shutdown=options.graceful_timeout_s)
-    server = _uvicorn_server(config)
-    server.run(sockets=[sock])
-    if not server.started:  # lifespan startup failed: uvicorn logged why
-        raise SystemExit(3)
-
-
-def serve(options: ServeOptions) -> None:
-    """Run the server until SIGINT/SIGTERM, then let in-flight requests finish and stop.
-
-    ``workers`` > 1: that many processes, each listening on the port with ``SO_REUSEPORT``, so the kernel spreads
-    connections evenly over them. (uvicorn's own ``--workers`` share one listening socket; measured here, one
-    worker then accepted every connection of a benchmark and the other idled — docs/benchmarks.md.)
-    """
-    import multiprocessing
-    import shutil
-    import signal
-    import socket
-    import tempfile
-
-    from speedtrain.config import default_cache_dir
-
-    options.check()
-    _listen_socket(options.host, options.port, reuse_port=False).close()  # the port is free (one clear error)
-    raw = json.dumps(dataclasses.asdict(options))
-    if options.workers == 1:
-        _run_worker(raw, reuse_port=False)
-        return
-    metrics_dir = None
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # the workers write their metrics to files here and /metrics sums them (prometheus_client's multiprocess
-        # mode); a fresh folder per server under the user's cache, removed when the server stops
-        root = Path(default_cache_dir()) / "serve"
-        root.mkdir(parents=True, exist_ok=True)
-        metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=root)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    reuse_port = hasattr(socket, "SO_REUSEPORT")
-    context = multiprocessing.get_context("spawn")
-    stopping = []
-
-    def start_worker(index: int):
-        process = context.Process(target=_run_worker, args=(raw, reuse_port, index), name=f"speedtrain-worker-{index}")
-        process.start()
-        return process
-
-    def stop(signum, frame):
-        stopping.append(signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    workers = [start_worker(i) for i in range(options.workers)]
-    print(f"speedtrain serve: {options.workers} workers on http://{options.host}:{options.port} "
-          f"(bundle {options.bundle})", flush=True)
-    try:
-        while not stopping:
-            for i, process in enumerate(workers):
-                if process.exitcode is not None and not stopping:
-                    if process.exitcode == 3:  # the app could not start (e.g. a broken bundle): stop, not respawn
-                        raise UserError(f"worker {i} could not load {options.bundle!r}; the lines above say why")
-                    log.warning("worker %d exited with %s; starting a new one", i, process.exitcode)
-                    from prometheus_client import multiprocess
-
-                    multiprocess.mark_process_dead(process.pid)  # its live gauges (queue depth) stop counting
-                    workers[i] = start_worker(i)
-            time.sleep(0.2)
-    finally:
-        for process in workers:  # SIGTERM: each worker stops accepting, finishes in-flight requests, exits
-            if process.exitcode is None:
-                process.terminate()
-        for process in workers:
-            process.join(options.graceful_timeout_s + 5)
-            if process.exitcode is None:
-                process.kill()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if metrics_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)

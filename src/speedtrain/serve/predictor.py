@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import numpy as np
 from speedtrain.errors import UserError
 from speedtrain.export.bundle import read_manifest, verify_bundle
 from speedtrain.export.runtime import TextEncoder, load_runner
+from speedtrain.serve.cache import LRUCache
 
 
 class Predictor:
@@ -40,9 +39,7 @@ class Predictor:
             raise UserError(f"cache_size={cache_size} must be >= 0 (0 turns the cache off)")
         self.runner, self.encoder, self.labels = runner, encoder, list(labels)
         self.batch_size, self.cache_size, self.variant = batch_size, cache_size, variant
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self._cache = LRUCache(cache_size)  # normalised text -> (C,) probabilities
 
     @classmethod
     def load(cls, bundle: str | Path, variant: str = "fast", threads: int | None = None, verify: bool = True,
@@ -73,18 +70,17 @@ class Predictor:
         """Class probabilities ``(N, C)`` for the ``N`` texts."""
         texts = _check_texts(texts)
         if not self.cache_size:
-            with self._lock:
-                self.misses += len(texts)
+            self._cache.count_misses(len(texts))
             return self.probabilities(texts)
         keys = [self.encoder.normalize(t) for t in texts]
-        found = self._lookup(keys)
+        found = self._cache.get_many(keys)
         first: dict[str, str] = {}  # normalised text -> its first original among the misses (what the model sees)
         for key, text, probs in zip(keys, texts, found):
             if probs is None:
                 first.setdefault(key, text)
         if first:
             new = dict(zip(first, self.probabilities(list(first.values()))))
-            self._store(new)
+            self._cache.put_many((k, p.copy()) for k, p in new.items())  # not views that keep a whole batch alive
             found = [p if p is not None else new[k] for k, p in zip(keys, found)]
         return np.stack(found)
 
@@ -94,7 +90,15 @@ class Predictor:
 
     def cache_info(self) -> dict:
         """Hits, misses, current size and capacity of the result cache."""
-        return {"hits": self.hits, "misses": self.misses, "size": len(self._cache), "capacity": self.cache_size}
+        return self._cache.info()
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self._cache.misses
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """``(N, C)`` probabilities of checked texts, no cache (the server's batches). Texts are sorted by token
@@ -108,25 +112,6 @@ class Predictor:
                 out = np.empty((len(texts), probs.shape[1]), dtype=np.float32)
             out[chunk] = probs
         return out
-
-    def _lookup(self, keys: list[str]) -> list[np.ndarray | None]:
-        with self._lock:
-            found = [self._cache.get(k) for k in keys]
-            for k, p in zip(keys, found):
-                if p is not None:
-                    self._cache.move_to_end(k)
-            hits = sum(p is not None for p in found)
-            self.hits += hits
-            self.misses += len(keys) - hits
-        return found
-
-    def _store(self, new: dict[str, np.ndarray]) -> None:
-        with self._lock:
-            for k, p in new.items():
-                self._cache[k] = p.copy()  # not a view that keeps its whole batch alive
-                self._cache.move_to_end(k)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
