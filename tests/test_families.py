@@ -29,7 +29,7 @@ def test_static_student_distils_exports_and_predicts(tmp_path, fine_tuned_teache
     assert "has no hidden layers" in caplog.text
     metrics = json.loads((out / "metrics.json").read_text())
     vocab = metrics["data"]["vocab_size"]
-    assert metrics["params"]["params_total"] == (vocab + 2048) * 16 + 16 * 96 + 96  # the table and a linear head
+    assert metrics["params"]["params_total"] == (vocab + 2048) * (16 + 1) + 16 * 96 + 96  # table, importance, head
     assert 0 <= metrics["test/acc"] <= 1 and metrics["model_family"] == "static"
     bundle = metrics["bundle"]  # what the frontier reads: the fast variant end to end, tokenization included
     assert bundle["e2e_texts_per_s"] > 0 and bundle["e2e_p50_ms"] > 0 and bundle["e2e_batch"] == 8  # EXPORT_TINY
