@@ -275,8 +275,8 @@ def run_naive(bundle: str, port: int) -> None:
     from fastapi import FastAPI
     from transformers import AutoTokenizer
 
-    from speedtrain.export.bundle import read_manifest
-    from speedtrain.export.runtime import load_pretrained
+    from speedtrain.bundle.manifest import read_manifest
+    from speedtrain.bundle.runtime import load_pretrained
 
     manifest = read_manifest(bundle)
     tokenizer = AutoTokenizer.from_pretrained(bundle)

@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from speedtrain.errors import UserError
-from speedtrain.export.runtime import TextEncoder, load_runner
+from speedtrain.bundle.runtime import TextEncoder, load_runner
 from speedtrain.serve.predictor import Predictor
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from speedtrain.errors import UserError
-from speedtrain.export.bundle import read_manifest, verify_bundle
-from speedtrain.export.runtime import TextEncoder, load_runner
+from speedtrain.bundle.manifest import read_manifest, verify_bundle
+from speedtrain.bundle.runtime import TextEncoder, load_runner
 from speedtrain.serve.cache import LRUCache
 
 

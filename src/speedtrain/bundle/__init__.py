@@ -1,0 +1,7 @@
+"""Read and run a bundle folder: what export writes, bench times and serve serves, below all three.
+
+- ``runtime``: any variant of a bundle as ``runner(input_ids, attention_mask) -> logits``; :class:`TextEncoder`.
+- ``manifest``: ``speedtrain.json``, the bundle's manifest: write it, read it, verify every file's hash.
+
+This package imports nothing from ``speedtrain.export``, ``bench``, ``serve`` or training (tests/test_layers.py).
+"""
