@@ -318,7 +318,7 @@ try:  # module level: LitServe pickles the API into its worker processes; FastAP
 
     class BundleAPI(ls.LitAPI):
         def setup(self, device):
-            from speedtrain.serve.predictor import Predictor
+            from speedtrain.bundle.predictor import Predictor
 
             self.predictor = Predictor.load(self.bundle, threads=self.threads, cache_size=0)
 

@@ -122,7 +122,7 @@ def predict(argv: list[str]) -> int:
     parser.add_argument("--variant", default="fast", help="a variant of the bundle (default: its fast one)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of {text, label, score}")
     args = parser.parse_intermixed_args(argv)
-    from speedtrain.serve.predictor import Predictor
+    from speedtrain.bundle.predictor import Predictor
 
     predictions = Predictor.load(args.bundle, variant=args.variant).predict(args.texts)
     if args.json:

@@ -264,6 +264,6 @@ def benchmark_teacher(teacher: dict, texts: Sequence[str], options: BenchOptions
 
 
 def _predictor(folder: Path, variant: str, threads: int | None, encoder: TextEncoder, labels: list[str]):
-    from speedtrain.serve.predictor import Predictor
+    from speedtrain.bundle.predictor import Predictor
 
     return Predictor(load_runner(folder, variant, threads), encoder, labels, cache_size=0, variant=variant)
