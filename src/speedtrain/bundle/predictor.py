@@ -1,6 +1,6 @@
 """Predict with a bundle from Python: batching, an LRU cache of results, the variant of your choice.
 
-    from speedtrain.bundle.predictor import Predictor
+    from speedtrain.bundle import Predictor
     predictor = Predictor.load("outputs/<run>/bundle")          # the bundle's fast variant
     predictor.predict(["live horses for breeding"])             # [{"label": "01", "score": 0.97}]
     predictor.predict_proba(texts)                              # (N, C) numpy probabilities
