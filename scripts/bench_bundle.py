@@ -15,10 +15,10 @@ import json
 import statistics
 from pathlib import Path
 
+from speedtrain.bundle.manifest import verify_bundle
+from speedtrain.callbacks.export_bench import export_options
 from speedtrain.config import compose_config
 from speedtrain.export.build import TEXTS_FILE, benchmark_bundle
-from speedtrain.export.bundle import verify_bundle
-from speedtrain.callbacks.export_bench import export_options
 
 
 def measure(bundle: Path, repeats: int, overrides: list[str]) -> list[dict]:
@@ -90,7 +90,7 @@ def roofline(bundle: Path) -> str:
     """FLOPs per text of the student and the texts/s this CPU's GEMM rate allows at best (no overhead at all)."""
     import os
 
-    from speedtrain.export.runtime import TextEncoder
+    from speedtrain.bundle.runtime import TextEncoder
 
     config = json.loads((bundle / "config.json").read_text())
     h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]

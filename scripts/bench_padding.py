@@ -15,8 +15,8 @@ from pathlib import Path
 
 
 from speedtrain.bench.latency import machine_info
-from speedtrain.export.bundle import read_manifest
-from speedtrain.export.runtime import TextEncoder, load_runner
+from speedtrain.bundle.manifest import read_manifest
+from speedtrain.bundle.runtime import TextEncoder, load_runner
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 
 from speedtrain.bench.latency import BenchOptions, benchmark_end_to_end
-from speedtrain.serve.predictor import Predictor
+from speedtrain.bundle.predictor import Predictor
 
 
 def measure(bundle: Path, variant: str, options: BenchOptions) -> dict:

@@ -275,8 +275,8 @@ def run_naive(bundle: str, port: int) -> None:
     from fastapi import FastAPI
     from transformers import AutoTokenizer
 
-    from speedtrain.export.bundle import read_manifest
-    from speedtrain.export.runtime import load_pretrained
+    from speedtrain.bundle.manifest import read_manifest
+    from speedtrain.bundle.runtime import load_pretrained
 
     manifest = read_manifest(bundle)
     tokenizer = AutoTokenizer.from_pretrained(bundle)
@@ -318,7 +318,7 @@ try:  # module level: LitServe pickles the API into its worker processes; FastAP
 
     class BundleAPI(ls.LitAPI):
         def setup(self, device):
-            from speedtrain.serve.predictor import Predictor
+            from speedtrain.bundle.predictor import Predictor
 
             self.predictor = Predictor.load(self.bundle, threads=self.threads, cache_size=0)
 

@@ -8,10 +8,10 @@ import logging
 
 import pytest
 
+from speedtrain.bundle.predictor import Predictor
 from speedtrain.config import compose_config
 from speedtrain.errors import UserError
 from speedtrain.pipeline import run
-from speedtrain.serve.predictor import Predictor
 from tests.conftest import EXPORT_TINY, TINY_RUN
 
 STATIC_TINY = ["model=static", "model.hidden_size=16", "model.buckets=2048", "tokenizer.vocab_size=600"]

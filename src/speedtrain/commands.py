@@ -61,10 +61,10 @@ def bench(argv: list[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     _logging()
     from speedtrain.bench.report import write_model_card, write_report
+    from speedtrain.bundle.manifest import MANIFEST, verify_bundle
+    from speedtrain.callbacks.export_bench import export_options
     from speedtrain.config import compose_config
     from speedtrain.export.build import TEXTS_FILE, benchmark_bundle
-    from speedtrain.export.bundle import MANIFEST, verify_bundle
-    from speedtrain.callbacks.export_bench import export_options
 
     bundle = Path(args.bundle)
     manifest = verify_bundle(bundle)
@@ -122,7 +122,7 @@ def predict(argv: list[str]) -> int:
     parser.add_argument("--variant", default="fast", help="a variant of the bundle (default: its fast one)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of {text, label, score}")
     args = parser.parse_intermixed_args(argv)
-    from speedtrain.serve.predictor import Predictor
+    from speedtrain.bundle.predictor import Predictor
 
     predictions = Predictor.load(args.bundle, variant=args.variant).predict(args.texts)
     if args.json:
@@ -167,7 +167,7 @@ def _trained_model(run_dir: Path, checkpoint: Path | None):
     import torch
     from transformers import AutoTokenizer
 
-    from speedtrain.export.runtime import load_pretrained
+    from speedtrain.bundle.runtime import load_pretrained
 
     folder = run_dir / "model"
     if not (folder / "config.json").is_file():

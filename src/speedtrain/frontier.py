@@ -93,7 +93,7 @@ def rebench_student(row: dict, job_dir: Path, cfg: DictConfig) -> dict:
     """``row`` with the bundle of ``job_dir`` timed again now, end to end (Predictor, tokenization included), with
     the job's ``export.bench`` settings on its benchmark texts: side by side with the peers, in one process."""
     from speedtrain.bench.latency import BenchOptions, benchmark_end_to_end
-    from speedtrain.serve.predictor import Predictor
+    from speedtrain.bundle.predictor import Predictor
 
     bundle = job_dir / "bundle"
     texts = (bundle / "benchmark_texts.txt").read_text().splitlines()

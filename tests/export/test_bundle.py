@@ -12,12 +12,12 @@ import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from speedtrain.bench.report import validate_report
+from speedtrain.bundle.manifest import read_manifest, verify_bundle
+from speedtrain.bundle.predictor import Predictor
+from speedtrain.bundle.runtime import TextEncoder, load_runner
 from speedtrain.cli import main
 from speedtrain.errors import UserError
-from speedtrain.export.bundle import read_manifest, verify_bundle
 from speedtrain.export.parity import choose_fast
-from speedtrain.export.runtime import TextEncoder, load_runner
-from speedtrain.serve.predictor import Predictor
 
 FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "model.onnx",
          "model.int8.onnx", "model.fp16.onnx", "model.pt2", "labels.json", "speedtrain.json", "README.md",

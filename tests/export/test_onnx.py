@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
+from speedtrain.bundle.runtime import OrtRunner
 from speedtrain.export.onnx import export_onnx, to_fp16
 from speedtrain.export.quantize import quantize_int8
-from speedtrain.export.runtime import OrtRunner
 
 MAX_LENGTH = 16
 

@@ -110,10 +110,10 @@ def test_weighted_pooling_starts_as_the_mean_and_learns_an_importance_per_row():
 
 @pytest.mark.parametrize("pooling", ["mean", "weighted"])
 def test_onnx_int8_fp16_and_pt2_match_eager(tmp_path, pooling):
+    from speedtrain.bundle.runtime import OrtRunner, TorchRunner
     from speedtrain.export.onnx import export_onnx, to_fp16
     from speedtrain.export.pt2 import export_pt2
     from speedtrain.export.quantize import quantize_int8
-    from speedtrain.export.runtime import OrtRunner, TorchRunner
 
     model = _model(ngram=3, pooling=pooling)
     import torch._inductor  # noqa: F401 (aoti_load_package)

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from speedtrain.bench.load import LoadOptions, make_bodies, make_texts, run_load
+from speedtrain.bundle.predictor import Predictor
 from speedtrain.serve.batcher import MicroBatcher, Overloaded
-from speedtrain.serve.predictor import Predictor
 
 KEY = "s3cret"
 

@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import psutil
 
-from speedtrain.export.runtime import Runner, TextEncoder
+from speedtrain.bundle.manifest import library_versions
+from speedtrain.bundle.runtime import Runner, TextEncoder
 
 
 @dataclasses.dataclass
@@ -44,11 +45,7 @@ class BenchOptions:
 
 def machine_info() -> dict:
     """The CPU (model, cores), the GPU if any, and library versions: a benchmark holds only for these."""
-    import onnxruntime
     import torch
-    import transformers
-
-    import speedtrain
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -63,8 +60,7 @@ def machine_info() -> dict:
         "gpu": ", ".join(gpus) or None,
         "os": platform.platform(),
         "python": platform.python_version(),
-        "versions": {"speedtrain": speedtrain.__version__, "torch": torch.__version__,
-                     "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__},
+        "versions": library_versions(),
     }
 
 

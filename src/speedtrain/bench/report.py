@@ -147,7 +147,7 @@ A compact text classifier ({len(labels)} labels) trained and exported by speedtr
 PyTorch model).
 
 ```python
-from speedtrain.serve.predictor import Predictor
+from speedtrain.bundle import Predictor
 predictor = Predictor.load("path/to/bundle")           # the fast variant; variant="onnx" etc. for another
 predictor.predict(["live horses for breeding"])        # [{{"label": ..., "score": ...}}]
 ```

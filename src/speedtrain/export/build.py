@@ -18,10 +18,10 @@ from pathlib import Path
 
 from speedtrain.bench.latency import BenchOptions, benchmark_end_to_end, benchmark_runner, machine_info
 from speedtrain.bench.report import write_model_card, write_report
+from speedtrain.bundle.manifest import MANIFEST, write_manifest
+from speedtrain.bundle.runtime import VARIANT_FILES, TextEncoder, TorchRunner, load_runner
 from speedtrain.errors import UserError
-from speedtrain.export.bundle import MANIFEST, write_manifest
 from speedtrain.export.parity import choose_fast, parity, predict_logits
-from speedtrain.export.runtime import VARIANT_FILES, TextEncoder, TorchRunner, load_runner
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +264,6 @@ def benchmark_teacher(teacher: dict, texts: Sequence[str], options: BenchOptions
 
 
 def _predictor(folder: Path, variant: str, threads: int | None, encoder: TextEncoder, labels: list[str]):
-    from speedtrain.serve.predictor import Predictor
+    from speedtrain.bundle.predictor import Predictor
 
     return Predictor(load_runner(folder, variant, threads), encoder, labels, cache_size=0, variant=variant)

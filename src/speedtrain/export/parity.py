@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from speedtrain.export.runtime import Runner, TextEncoder
+from speedtrain.bundle.runtime import Runner, TextEncoder
 
 
 def predict_logits(runner: Runner, encoder: TextEncoder, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:

@@ -1,7 +1,6 @@
-"""Serve a bundle: the Python ``Predictor`` and ``speedtrain serve``, a module per job.
+"""Serve a bundle over HTTP: ``speedtrain serve``, a module per job. The model itself is the bundle's
+:class:`~speedtrain.bundle.predictor.Predictor`; the result cache is :class:`~speedtrain.bundle.cache.LRUCache`.
 
-- ``predictor``: :class:`Predictor`, a bundle's model from Python (batching, result cache).
-- ``cache``: the LRU result cache of the server and the Predictor.
 - ``options``: :class:`ServeOptions`, the flags of ``speedtrain serve`` and their checks.
 - ``batcher``: :class:`MicroBatcher`, concurrent requests grouped into model calls.
 - ``metrics``: the Prometheus metrics of a worker.

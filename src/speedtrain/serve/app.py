@@ -33,8 +33,8 @@ import time
 import numpy as np
 import orjson
 
+from speedtrain.bundle.cache import LRUCache
 from speedtrain.serve.batcher import MicroBatcher, Overloaded
-from speedtrain.serve.cache import LRUCache
 from speedtrain.serve.metrics import Metrics
 from speedtrain.serve.openapi import DOCS_HTML, openapi
 from speedtrain.serve.options import API_KEY_ENV, OPTIONS_ENV, ServeOptions
@@ -66,7 +66,7 @@ class ServeApp:
 
     # -- model ---------------------------------------------------------------------------------------------------
     def load(self) -> None:
-        from speedtrain.serve.predictor import Predictor
+        from speedtrain.bundle.predictor import Predictor
 
         o = self.options
         self.predictor = Predictor.load(o.bundle, o.variant, threads=o.threads or None, cache_size=0,

@@ -10,8 +10,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from speedtrain.bundle.manifest import read_manifest
 from speedtrain.errors import UserError
-from speedtrain.export.bundle import read_manifest
 
 OPTIONS_ENV = "SPEEDTRAIN_SERVE_OPTIONS"  # the options, as JSON, for a worker the app factory starts
 API_KEY_ENV = "SPEEDTRAIN_API_KEY"

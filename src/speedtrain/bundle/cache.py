@@ -1,4 +1,4 @@
-"""The LRU result cache of the server and the :class:`~speedtrain.serve.predictor.Predictor`: thread-safe, counted.
+"""The LRU result cache of the server and the :class:`~speedtrain.bundle.predictor.Predictor`: thread-safe, counted.
 
     cache = LRUCache(2)                   # capacity 0 turns it off: nothing is kept, every lookup misses
     cache.put_many([("a", 1), ("b", 2)])

@@ -1,4 +1,4 @@
-"""The bundle: the deployable fast model in one folder, with a manifest that pins every file.
+"""The manifest of a bundle (the deployable fast model in one folder): ``speedtrain.json`` pins every file.
 
     bundle/
       config.json model.safetensors          student in Hugging Face format
@@ -6,6 +6,10 @@
       model.onnx model.int8.onnx ...         exported variants (speedtrain.json names the "fast" one)
       labels.json speedtrain.json README.md  label names; manifest; model card
       benchmark.json benchmark.md benchmark.png benchmark_texts.txt   (the test texts it was benchmarked on)
+
+    manifest = verify_bundle("outputs/<run>/bundle")   # every model file checked against its sha256 first
+    manifest["fast"], manifest["labels"], manifest["max_length"]
+    read_manifest(bundle)                              # without hashing; a UserError when it is not a bundle
 
 ``speedtrain.json`` holds the versions that wrote the bundle, the max length, the variants with their files, the
 fast variant and the sha256 of every model file; :func:`verify_bundle` checks them before anything is loaded.
@@ -18,8 +22,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from speedtrain.bundle.runtime import VARIANT_FILES
 from speedtrain.errors import UserError
-from speedtrain.export.runtime import VARIANT_FILES
 
 MANIFEST = "speedtrain.json"
 FORMAT_VERSION = 1
@@ -34,11 +38,21 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def library_versions() -> dict:
+    """The versions of speedtrain and the libraries that write and run a bundle (the manifest records them)."""
+    import onnxruntime
+    import torch
+    import transformers
+
+    import speedtrain
+
+    return {"speedtrain": speedtrain.__version__, "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__}
+
+
 def write_manifest(bundle: str | Path, *, labels: list[str], max_length: int, variants: list[str], fast: str,
                    extra: dict | None = None) -> dict:
     """Write ``labels.json`` and ``speedtrain.json`` (hashing every model file now in ``bundle``)."""
-    from speedtrain.bench.latency import machine_info
-
     bundle = Path(bundle)
     (bundle / "labels.json").write_text(json.dumps(labels, indent=1) + "\n")
     files = sorted(p.name for p in bundle.iterdir() if p.is_file() and p.name not in UNHASHED)
@@ -49,7 +63,7 @@ def write_manifest(bundle: str | Path, *, labels: list[str], max_length: int, va
         "variants": {v: VARIANT_FILES[v] for v in variants},
         "fast": fast,
         "files": {name: sha256(bundle / name) for name in files},
-        "versions": machine_info()["versions"],
+        "versions": library_versions(),
         **(extra or {}),
     }
     (bundle / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from speedtrain.bundle.predictor import Predictor
+from speedtrain.bundle.runtime import TextEncoder, load_runner
 from speedtrain.errors import UserError
-from speedtrain.export.runtime import TextEncoder, load_runner
-from speedtrain.serve.predictor import Predictor
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Predict with a bundle from Python: batching, an LRU cache of results, the variant of your choice.
 
-    from speedtrain.serve.predictor import Predictor
+    from speedtrain.bundle import Predictor
     predictor = Predictor.load("outputs/<run>/bundle")          # the bundle's fast variant
     predictor.predict(["live horses for breeding"])             # [{"label": "01", "score": 0.97}]
     predictor.predict_proba(texts)                              # (N, C) numpy probabilities
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from speedtrain.bundle.cache import LRUCache
+from speedtrain.bundle.manifest import read_manifest, verify_bundle
+from speedtrain.bundle.runtime import TextEncoder, load_runner
 from speedtrain.errors import UserError
-from speedtrain.export.bundle import read_manifest, verify_bundle
-from speedtrain.export.runtime import TextEncoder, load_runner
-from speedtrain.serve.cache import LRUCache
 
 
 class Predictor:

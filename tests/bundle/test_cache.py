@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from speedtrain.serve.cache import LRUCache
+from speedtrain.bundle.cache import LRUCache
 
 
 def test_lru_cache_evicts_least_recently_used():
