@@ -112,7 +112,7 @@ def test_cli_predict_and_bench(tiny_bundle, tmp_path, capsys):
 def test_cli_export_from_run_folder(tiny_run, tmp_path, capsys):
     out = tmp_path / "again"
     assert main(["export", str(tiny_run), "--out", str(out), "export.variants=[onnx_int8]", "export.teacher=false",
-                 "export.prune.enabled=true", "export.prune.keep_ratio=0.5", "export.prune.steps=10",
+                 "export.prune.enabled=true", "export.prune.keep_ratio=0.5", "export.prune.steps=30",
                  "export.bench.batch_sizes=[1]", "export.bench.min_reps=10", "export.bench.min_time_s=0.01",
                  "export.bench.throughput_time_s=0.01"]) == 0
     manifest = verify_bundle(out)

@@ -41,6 +41,7 @@ class PruneOptions:
     keep_ratio: float = 0.25  # FFN neurons kept per layer
     steps: int = 400  # recovery steps (distilling from the unpruned student on the training batches)
     lr: float = 1e-3
+    seed: int | None = 0  # the recovery's dropout masks (the run's seed in a run): the same run prunes the same way
 
 
 @dataclasses.dataclass
@@ -227,7 +228,7 @@ def export_pruned(model, folder: Path, max_length: int, options: ExportOptions, 
 
     started = time.perf_counter()
     p = options.prune
-    pruned, info = prune_and_recover(model, train_batches, p.keep_ratio, p.steps, p.lr)
+    pruned, info = prune_and_recover(model, train_batches, p.keep_ratio, p.steps, p.lr, seed=p.seed)
     export_onnx(pruned, folder / VARIANT_FILES["pruned_onnx"], max_length)
     quantize_int8(folder / VARIANT_FILES["pruned_onnx"], folder / VARIANT_FILES["pruned_onnx_int8"],
                   options.int8_per_channel)

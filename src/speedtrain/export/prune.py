@@ -206,6 +206,7 @@ def prune_and_recover(
     keep_ratio: float,
     steps: int,
     lr: float,
+    seed: int | None = None,
 ) -> tuple[nn.Module, dict]:
     """Score on the first batches, prune every layer's FFN to ``keep_ratio``, and distill back from ``model``.
 
@@ -216,6 +217,7 @@ def prune_and_recover(
         keep_ratio: fraction of FFN neurons kept, in (0, 1]; keep = max(1, round(keep_ratio * intermediate_size)).
         steps: recovery optimizer steps.
         lr: recovery AdamW learning rate.
+        seed: seeds the recovery's dropout masks (see :func:`recover`); None: the global RNG as it is.
 
     Returns:
         ``(pruned model in eval mode, info)`` with info ``{"intermediate_size": (old, new), "params": (old, new),
@@ -228,7 +230,7 @@ def prune_and_recover(
     scored = ((ids, mask) for ids, mask, _labels in itertools.islice(train_batches, IMPORTANCE_BATCHES))
     pruned = prune_ffn(model, keep, ffn_importance(model, scored))
     start = time.perf_counter()
-    recover(pruned, model, train_batches, steps=steps, lr=lr)
+    recover(pruned, model, train_batches, steps=steps, lr=lr, seed=seed)
     info = {
         "intermediate_size": (old, keep),
         "params": (n_params(model), n_params(pruned)),
