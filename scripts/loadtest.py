@@ -16,7 +16,7 @@ Scenarios (closed loop unless said): ``throughput`` (64 connections, one text pe
 scheduled send time; speedtrain only), ``cache`` (64 connections, 85% of requests from 1,000 popular texts;
 speedtrain only; hit ratio from its /metrics), ``batched`` (64 connections, 16 texts per request), and with ``--soak S`` an
 open-loop run for S seconds at 80% of the measured throughput, with the server's resident memory before and after.
-The load generator (speedtrain.bench.load) shares the machine with the servers, as in the issue's wrk figures.
+The load generator (speedtrain.bench.http_load) shares the machine with the servers, as in the issue's wrk figures.
 Results: a table on stdout, ratios to the references, and JSON with ``--out``.
 """
 
@@ -36,7 +36,7 @@ from pathlib import Path
 import psutil
 
 from speedtrain.bench.latency import machine_info
-from speedtrain.bench.load import LoadOptions, make_bodies, make_texts, run_load
+from speedtrain.bench.http_load import LoadOptions, make_bodies, make_texts, run_load
 
 SCENARIOS = {  # name -> (concurrency, texts per request, repeat share)
     "throughput": (64, 1, 0.0),

@@ -24,7 +24,7 @@ from pathlib import Path
 from loadtest import Server, free_port, table  # scripts/loadtest.py
 
 from speedtrain.bench.latency import machine_info
-from speedtrain.bench.load import LoadOptions, make_bodies, make_texts, run_load
+from speedtrain.bench.http_load import LoadOptions, make_bodies, make_texts, run_load
 
 STACKS = ("asgi-uvicorn", "starlette", "fastapi", "asgi-granian")
 SCENARIOS = {"http": (64, 1.0), "model": (64, 0.0), "latency": (8, 0.0)}  # connections, repeated share

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from speedtrain.bench.load import LoadOptions, make_bodies, make_texts, run_load
+from speedtrain.bench.http_load import LoadOptions, make_bodies, make_texts, run_load
 from speedtrain.bundle.predictor import Predictor
 from speedtrain.serve.batcher import MicroBatcher, Overloaded
 
