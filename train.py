@@ -9,17 +9,14 @@ import hydra
 from omegaconf import DictConfig
 
 from hydra_plugins.speedtrain_plugins import register as register_plugins
-from speedtrain.errors import exit_on_user_error
+from speedtrain.cli import run_config  # the task `speedtrain train` runs too
 
 register_plugins()  # hparams_search=optuna, hydra/launcher=slurm|local
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from speedtrain.pipeline import run  # imported here so that --help and --cfg answer without loading torch
-
-    with exit_on_user_error():
-        return run(cfg)
+    return run_config(cfg)  # defined here, not assigned: Hydra names the job (train.log) after this file
 
 
 if __name__ == "__main__":

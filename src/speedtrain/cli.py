@@ -58,25 +58,28 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def run_config(cfg) -> float | None:
+    """The Hydra task of ``train.py`` and ``speedtrain train``: one run of ``cfg``; a bad value is one line, exit 2.
+
+    Imports the pipeline only when called, so ``--help`` and ``--cfg`` answer without loading torch.
+    """
+    from speedtrain.errors import exit_on_user_error
+    from speedtrain.pipeline import run
+
+    with exit_on_user_error():
+        return run(cfg)
+
+
 def _train(overrides: list[str]) -> int:
     import hydra
-    from omegaconf import DictConfig
 
     # the one speedtrain module that imports speedtrain's Hydra plugins: they import speedtrain, not the other way
     from hydra_plugins.speedtrain_plugins import register
     from speedtrain.config import config_dir
-    from speedtrain.errors import exit_on_user_error
 
     register()  # hparams_search=optuna, hydra/launcher=slurm|local
-
-    def task(cfg: DictConfig) -> float | None:
-        from speedtrain.pipeline import run
-
-        with exit_on_user_error():
-            return run(cfg)
-
     sys.argv = ["speedtrain-train", *overrides]  # Hydra reads its flags and overrides from sys.argv
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(task)()
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(run_config)()
     return 0
 
 
