@@ -37,7 +37,9 @@ class StaticConfig(PretrainedConfig):
         head_hidden: width of a GELU layer before the classifier (0: a linear classifier on the mean).
         dropout: dropout on the pooled vector while training.
         pooling: ``mean`` (every piece and n-gram counts the same) or ``weighted`` (each row also learns a scalar
-            importance ``w``; the text is ``sum(exp(w_i) e_i) / sum(exp(w_i))``: IDF-like, learned).
+            importance ``w``; the text is ``sum(exp(w_i) e_i) / sum(exp(w_i))``: IDF-like, learned). The default
+            here stays ``mean`` so a ``config.json`` saved before the option loads as it was trained;
+            ``conf/model/static.yaml`` asks for ``weighted``.
         max_position_embeddings: longest input in tokens (``max_length`` is a generation setting in ``transformers``).
     """
 
