@@ -173,7 +173,7 @@ def prepare_data(cfg, rows_needed: int, online: bool):
     import numpy as np
     from transformers import BertConfig, BertForSequenceClassification
 
-    from speedtrain.pipeline import build_datamodule
+    from speedtrain.builders import build_datamodule
 
     dm = build_datamodule(cfg)
     dm.prepare()
@@ -195,9 +195,9 @@ def run_speedtrain(args) -> None:
     """One row through speedtrain's own pipeline pieces (datamodule, DistillModule, build_trainer)."""
     from hydra.utils import instantiate
 
+    from speedtrain.builders import build_module
     from speedtrain.config import compose_config
-    from speedtrain.pipeline import build_model
-    from speedtrain.trainer import batch_plan, build_trainer, scaled_module_config, speed_options
+    from speedtrain.trainer import build_trainer
 
     kind, devices, trainer_name = ROWS[args.row]
     cfg = compose_config(overrides(kind, devices, trainer_name, args.batch, most_steps(args),
@@ -205,11 +205,8 @@ def run_speedtrain(args) -> None:
     dm, teacher = prepare_data(cfg, args.batch * devices * (most_steps(args) + 8), kind == "online")
     timer = StepTimer(args.warmup, args.steps, args.out, args.profile)
     trainer = build_trainer(cfg, extra_callbacks=[timer])
-    plan, speed = batch_plan(cfg, trainer), speed_options(cfg)
-    module = instantiate(scaled_module_config(cfg, plan), model=build_model(cfg, dm), num_labels=dm.num_labels,
-                         loss=instantiate(cfg.distill.loss), teacher=teacher if kind == "online" else None,
-                         compile=speed["compile"], fused_optimizer=speed["fused_optimizer"],
-                         attention=speed["attention"])
+    module, _ = build_module(cfg, dm, trainer, loss=instantiate(cfg.distill.loss),
+                             teacher=teacher if kind == "online" else None)  # the module a run trains
     trainer.fit(module, datamodule=dm)
 
 
@@ -219,8 +216,8 @@ def run_plain(args) -> None:
     from torch.utils.data import DataLoader
     from transformers import DataCollatorWithPadding
 
+    from speedtrain.builders import build_model
     from speedtrain.config import compose_config
-    from speedtrain.pipeline import build_model
 
     _, devices, trainer_name = ROWS[args.row]
     cfg = compose_config(overrides("online", devices, "gpu", args.batch, 1, args.work) + args.override)
@@ -271,10 +268,10 @@ def run_plain(args) -> None:
 def run_hand(args) -> None:
     """A hand-written loop over the same GPU-resident batches (the issue's 40-line reference): compiled student,
     fused AdamW, bf16 autocast, the same KD loss, no Lightning, no logging."""
+    from speedtrain.builders import build_model
     from speedtrain.config import compose_config
     from speedtrain.data.device import DeviceBatches
     from speedtrain.distill.losses import KDLoss
-    from speedtrain.pipeline import build_model
 
     cfg = compose_config(overrides("cache", 1, "gpu", args.batch, 1, args.work) + args.override)
     dm, _ = prepare_data(cfg, args.batch * (most_steps(args) + 8), online=False)
@@ -286,7 +283,7 @@ def run_hand(args) -> None:
     forward = torch.compile(model, dynamic=False) if cuda else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01, fused=cuda)
     loss_fn = KDLoss(0.5, 2.0)
-    batches = DeviceBatches(dm.table("train"), args.batch, shuffle=True, bucket=cfg.trainer.speed.length_buckets,
+    batches = DeviceBatches(dm.table("train"), args.batch, shuffle=True, bucket=cfg.data.length_buckets,
                             seed=0, device=lambda: device)
     timer = StepTimer(args.warmup, args.steps, args.out, args.profile)
     for step, batch in enumerate(batches):

@@ -27,9 +27,9 @@ def teacher(tmp_path_factory) -> Path:
     """A small random teacher (2 x 64) over the 96 HS chapters with its own WordPiece tokenizer (no download)."""
     from transformers import BertConfig, BertForSequenceClassification
 
+    from speedtrain.builders import build_datamodule
     from speedtrain.config import compose_config
     from speedtrain.data.tokenizer import train_wordpiece
-    from speedtrain.pipeline import build_datamodule
 
     folder = tmp_path_factory.mktemp("gpu-teacher")
     dm = build_datamodule(compose_config([*TINY, "+experiment=baseline", f"paths.output_dir={folder / 'x'}"]))
@@ -67,7 +67,9 @@ def check_outputs(run_dir: Path, metrics: dict, world: int) -> None:
     assert all(p.dtype == torch.float32 for p in model.parameters())
     best = Path(metrics["best_checkpoint"])
     if best.is_dir():  # DeepSpeed shards: consolidate them here too and compare
-        from pytorch_lightning.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+        from pytorch_lightning.utilities.deepspeed import (
+            convert_zero_checkpoint_to_fp32_state_dict,
+        )
 
         state = convert_zero_checkpoint_to_fp32_state_dict(str(best), str(run_dir / "consolidated.pt"))["state_dict"]
     else:

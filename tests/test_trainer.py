@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +14,11 @@ import torch
 from hydra.utils import instantiate
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy
 
+from speedtrain.builders import build_datamodule
 from speedtrain.config import compose_config, config_dir
 from speedtrain.data.device import DeviceBatches
 from speedtrain.errors import UserError
-from speedtrain.pipeline import build_datamodule, run
+from speedtrain.pipeline import run
 from speedtrain.trainer import batch_plan, build_trainer, check_trainer
 from tests.conftest import EXPORT_TINY, REPO, TINY
 
@@ -176,7 +176,7 @@ def test_a_run_on_the_device_path(make_cfg, tmp_path, fine_tuned_teacher, monkey
         return build(model, *args, **kwargs)
 
     monkeypatch.setattr(export_bench, "build_bundle", recording)
-    run(make_cfg("+experiment=baseline", "trainer.speed.data_on_device=true", "trainer.limit_train_batches=null",
+    run(make_cfg("+experiment=baseline", "data.on_device=true", "trainer.limit_train_batches=null",
                  "trainer.max_epochs=1", "data.batch_size=256", "trainer.speed.attention=eager", *EXPORT_TINY))
     assert exported == ["sdpa"]  # trained with eager attention, exported with the model's own
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -185,69 +185,10 @@ def test_a_run_on_the_device_path(make_cfg, tmp_path, fine_tuned_teacher, monkey
     assert metrics["global_step"] == math.ceil(metrics["data"]["train"] / 256)  # each row once, buckets + leftovers
     out = tmp_path / "online"
     run(make_cfg("+experiment=distill", "distill=logits", "distill.teacher_logits=online", "distill.augment.copies=0",
-                 f"teacher.path={fine_tuned_teacher}", "teacher.max_length=24", "trainer.speed.data_on_device=true",
+                 f"teacher.path={fine_tuned_teacher}", "teacher.max_length=24", "data.on_device=true",
                  f"paths.output_dir={out}"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["distill/teacher_logits"] == "online" and metrics["global_step"] == 8
-
-
-class ZeroStrategy:
-    """Stands in for Lightning's DeepSpeedStrategy (named so for ``speedtrain.trainer.is_deepspeed``), no CUDA."""
-
-    def __init__(self, stage: int):
-        self.zero_stage_3, self.load_full_weights = stage == 3, False
-
-    def barrier(self):
-        pass
-
-
-ZeroStrategy.__name__ = "DeepSpeedStrategy"
-
-
-class EvaluatingTrainer:
-    """Records which checkpoint validate/test were asked to load, and how."""
-
-    is_global_zero = True
-
-    def __init__(self, stage: int):
-        self.strategy, self.loaded = ZeroStrategy(stage), []
-
-    def validate(self, module, datamodule, ckpt_path, verbose):
-        self.loaded.append(("validate", ckpt_path, self.strategy.load_full_weights))
-        return [{"val/acc": 0.5}]
-
-    def test(self, module, datamodule, ckpt_path, verbose):
-        self.loaded.append(("test", ckpt_path, self.strategy.load_full_weights))
-        return [{"test/acc": 0.25}]
-
-
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero3_evaluates_a_consolidated_checkpoint_and_zero2_its_shards(tmp_path, monkeypatch, stage):
-    """DeepSpeed's ZeRO-3 evaluation engine cannot load its own shards (seen on an H200, DeepSpeed 0.19.8): the
-    best checkpoint is consolidated beside them and loaded as full weights; ZeRO-2 shards load as they are."""
-    from pytorch_lightning.utilities import deepspeed
-
-    from speedtrain.pipeline import _evaluate
-
-    shards = tmp_path / "checkpoints" / "epoch01-acc0.5000.ckpt"
-    shards.mkdir(parents=True)
-    converted = []
-
-    def convert(src, dst):
-        converted.append((src, dst))
-        Path(dst).write_bytes(b"consolidated")
-
-    monkeypatch.setattr(deepspeed, "convert_zero_checkpoint_to_fp32_state_dict", convert)
-    trainer = EvaluatingTrainer(stage)
-    metrics = _evaluate(trainer, None, None, str(shards), test=True)
-    assert metrics == {"val/acc": 0.5, "test/acc": 0.25}
-    if stage == 3:
-        target = str(tmp_path / "checkpoints" / "epoch01-acc0.5000-fp32.ckpt")
-        assert converted == [(str(shards), target)]
-        assert trainer.loaded == [("validate", target, True), ("test", target, True)]
-    else:
-        assert converted == [] and trainer.loaded == [("validate", str(shards), False), ("test", str(shards), False)]
-    assert trainer.strategy.load_full_weights is False  # a later fit resumes from shards again
 
 
 def test_parameter_count_of_zero3_placeholders():

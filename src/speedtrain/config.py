@@ -41,3 +41,21 @@ def default_cache_dir() -> Path:
     if os.environ.get("SPEEDTRAIN_CACHE"):
         return Path(os.environ["SPEEDTRAIN_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path(os.environ.get("HOME", ".")) / ".cache") / "speedtrain"
+
+
+def instantiate_known(node: DictConfig, **kwargs):
+    """``hydra.utils.instantiate(node, **kwargs)`` with only the keys its ``_target_`` takes, as plain Python values.
+
+    A config group may hold settings for its nested nodes beside the target's own arguments (``data.label`` is read
+    by ``data.source.label: ${..label}``); those stay in the config, resolved, and are not passed to the target.
+    """
+    import inspect
+
+    from hydra.utils import get_object, instantiate
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(node, resolve=True)
+    parameters = inspect.signature(get_object(values["_target_"])).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    kept = {k: v for k, v in values.items() if k.startswith("_") or k in parameters or takes_any}
+    return instantiate(kept, _convert_="all", **kwargs)

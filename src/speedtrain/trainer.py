@@ -2,8 +2,8 @@
 loggers, and the global batch / learning-rate scaling it implies.
 
 ``cfg.trainer`` is the Trainer's arguments (``strategy`` may be a node with ``_target_``: a DDP or DeepSpeed
-strategy built from config) plus ``speed``, speedtrain's own switches (data on the device, length buckets,
-``torch.compile``, fused optimizer, learning-rate scaling), which the pipeline hands to the data and the module.
+strategy built from config) plus ``speed``, speedtrain's own switches for the module (``torch.compile``, fused
+optimizer, attention, learning-rate scaling). The data's own (on the device, length buckets) are in ``cfg.data``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ log = logging.getLogger(__name__)
 LR_SCALING = ("none", "linear", "sqrt")
 COMPILE_MODES = (False, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ATTENTION = (None, "eager", "sdpa")
-DEFAULT_SPEED = {"data_on_device": False, "length_buckets": 8, "compile": False, "fused_optimizer": False,
-                 "lr_scaling": "sqrt", "attention": None}
+DEFAULT_SPEED = {"compile": False, "fused_optimizer": False, "lr_scaling": "sqrt", "attention": None}
 
 
 def speed_options(cfg: DictConfig) -> dict:
@@ -42,9 +41,8 @@ def speed_options(cfg: DictConfig) -> dict:
     if speed["attention"] not in ATTENTION:
         raise UserError(f"trainer.speed.attention={speed['attention']!r} is not one of {list(ATTENTION)}; "
                         "e.g. trainer.speed.attention=eager (null keeps the model's own)")
-    buckets = speed["length_buckets"]
-    if not isinstance(buckets, int) or buckets < 0:
-        raise UserError(f"trainer.speed.length_buckets={buckets!r} must be an integer >= 0 (0: no buckets), e.g. 8")
+    for key in ("data_on_device", "length_buckets"):  # runs saved before they moved to data.on_device/length_buckets
+        speed.pop(key, None)
     return speed
 
 
@@ -77,11 +75,6 @@ def check_trainer(cfg: DictConfig) -> None:
         raise UserError(f"trainer.devices={devices} with trainer.strategy={strategy}: pick a parallel trainer, e.g. "
                         f"trainer=ddp trainer.devices={devices}")
     speed_options(cfg)
-
-
-def is_deepspeed(trainer: pl.Trainer) -> bool:
-    """Whether ``trainer`` runs DeepSpeed (its checkpoints are folders of shards)."""
-    return type(trainer.strategy).__name__ == "DeepSpeedStrategy"
 
 
 def lr_scale(rule: str, replicas: int) -> float:

@@ -7,6 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 from scipy.special import log_softmax, softmax
 
+from speedtrain.builders import build_datamodule
 from speedtrain.distill import ngram_teacher
 from speedtrain.distill.augment import word_dropout_variants
 from speedtrain.distill.ngram_teacher import (
@@ -19,7 +20,6 @@ from speedtrain.distill.ngram_teacher import (
 )
 from speedtrain.distill.teacher import attach_teacher
 from speedtrain.errors import UserError
-from speedtrain.pipeline import build_datamodule
 from tests.conftest import write_csv
 
 WORDS = {0: ["apple", "banana", "cherry", "mango"], 1: ["hammer", "wrench", "drill", "chisel"],

@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
+from speedtrain.builders import build_datamodule
 from speedtrain.data.datamodule import PairCollator
 from speedtrain.distill.losses import IntermediateLoss
 from speedtrain.distill.teacher import attach_teacher
 from speedtrain.errors import UserError
-from speedtrain.pipeline import build_datamodule, run
+from speedtrain.pipeline import run
 from tests.conftest import DISTILL_TINY, TINY_STUDENT
 
 

@@ -1,7 +1,8 @@
 """``ExportAndBenchmark``: at the end of fit, turn the best checkpoint into a benchmarked bundle (rank 0 only).
 
-Thin: the work is :func:`speedtrain.export.build.build_bundle`, which ``speedtrain export`` calls too;
-:func:`build_exporter` makes the callback of a run's config (the pipeline and ``speedtrain export`` use it).
+Thin: the work is :func:`speedtrain.export.build.build_bundle`; :func:`build_exporter` makes the callback of a
+run's config, and :meth:`ExportAndBenchmark.export` is the one export both the end of a run and ``speedtrain export``
+call.
 
 Logged (every logger; W&B also gets the table and the bundle as an artifact of type ``model``):
 
@@ -16,18 +17,17 @@ Logged (every logger; W&B also gets the table and the bundle as an artifact of t
 
 from __future__ import annotations
 
-import copy
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, open_dict
 
-from speedtrain.bench.latency import BenchOptions
+from speedtrain.checkpoints import best_student
+from speedtrain.config import instantiate_known
 from speedtrain.errors import UserError
 from speedtrain.export.build import ExportError, ExportOptions, build_bundle
 from speedtrain.export.parity import largest_batch
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from speedtrain.data.datamodule import TextDataModule
 
 log = logging.getLogger(__name__)
+
+EXPORT_OPTIONS = "speedtrain.export.build.ExportOptions"
 
 
 class ExportAndBenchmark(pl.Callback):
@@ -63,16 +65,24 @@ class ExportAndBenchmark(pl.Callback):
         finally:
             trainer.strategy.barrier()  # the other ranks wait for the bundle, whatever happened to it
 
+    def export(self, model: torch.nn.Module, datamodule: TextDataModule, out_dir: str | Path | None = None,
+               tokenizer=None) -> dict:
+        """Write the bundle of ``model`` (a trained student on the CPU) and ``tokenizer`` (default: the datamodule's)
+        to ``out_dir`` (default: ``self.out_dir``), checked and benchmarked on the datamodule's test split
+        (validation without one); returns the report.
+
+        The end of a run and ``speedtrain export`` both export through here.
+        """
+        split = datamodule.splits["test"] if "test" in datamodule.splits else datamodule.splits["validation"]
+        batches = train_batches(datamodule) if self.options.prune.enabled else None
+        return build_bundle(model, tokenizer or datamodule.tokenizer, Path(out_dir or self.out_dir), list(split["text"]),
+                            list(split["label"]), datamodule.max_length, self.options, teacher=self.teacher,
+                            extra=self.extra, train_batches=batches)
+
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         started = time.perf_counter()
         try:
-            model = best_student(pl_module.model, trainer)
-            datamodule = trainer.datamodule
-            split = datamodule.splits["test"] if "test" in datamodule.splits else datamodule.splits["validation"]
-            self.report = build_bundle(
-                model, datamodule.tokenizer, self.out_dir, list(split["text"]), list(split["label"]),
-                datamodule.max_length, self.options, teacher=self.teacher, extra=self.extra,
-                train_batches=train_batches(datamodule) if self.options.prune.enabled else None)
+            self.report = self.export(best_student(pl_module.model, trainer), trainer.datamodule)
             log_report(trainer, self.report, self.out_dir)
         except UserError as err:  # a failed variant or a bad value: its message says what to do
             self.error = err
@@ -88,30 +98,6 @@ class ExportAndBenchmark(pl.Callback):
 def train_batches(datamodule) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The training split as ``(input_ids, attention_mask, labels)`` batches (for the pruning's recovery)."""
     return [(b["input_ids"], b["attention_mask"], b["labels"]) for b in datamodule.train_dataloader()]
-
-
-def best_student(model: torch.nn.Module, trainer: pl.Trainer) -> torch.nn.Module:
-    """A CPU copy of ``model`` with the best checkpoint's weights (the weights in memory if none was saved).
-
-    Checkpoints load with ``weights_only=True``; a DeepSpeed checkpoint (a folder of shards) is consolidated to
-    one fp32 state dict first.
-    """
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best and Path(best).is_dir():  # DeepSpeed ZeRO: shards per rank (ZeRO-3's parameters are partitioned: a
-        from pytorch_lightning.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-
-        student = type(model)(copy.deepcopy(model.config)).eval()  # fresh model, not a copy of the shards)
-        with tempfile.TemporaryDirectory() as tmp:
-            state = convert_zero_checkpoint_to_fp32_state_dict(best, f"{tmp}/model.pt")["state_dict"]
-    else:
-        student = copy.deepcopy(model).cpu().float().eval()
-    if not best:
-        return student
-    if not Path(best).is_dir():
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    student.load_state_dict(weights)
-    return student
 
 
 def report_metrics(report: dict) -> dict[str, float]:
@@ -159,11 +145,10 @@ def export_options(cfg: DictConfig) -> ExportOptions | None:
     e = cfg.get("export")
     if not e or not e.get("enabled", True):
         return None
-    return ExportOptions(variants=list(e.variants), int8_per_channel=e.int8_per_channel,
-                         parity_budget=e.parity_budget, min_agreement=e.get("min_agreement", 99.0),
-                         benchmark=e.benchmark,
-                         bench=BenchOptions(**OmegaConf.to_container(e.bench, resolve=True)),
-                         prune=OmegaConf.to_container(e.prune, resolve=True) if e.get("prune") else {})
+    node = e.copy()
+    with open_dict(node):
+        node.setdefault("_target_", EXPORT_OPTIONS)  # runs saved before export had a _target_
+    return instantiate_known(node)
 
 
 def build_exporter(cfg: DictConfig, datamodule: TextDataModule, distill: dict | None,

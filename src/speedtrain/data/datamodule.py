@@ -74,6 +74,8 @@ class TextDataModule(pl.LightningDataModule):
             raise UserError(f"data.max_length={max_length} leaves no room for text beside [CLS]/[SEP]; use e.g. 32")
         if num_workers < 0:
             raise UserError(f"data.num_workers={num_workers} must be >= 0")
+        if not isinstance(length_buckets, int) or length_buckets < 0:
+            raise UserError(f"data.length_buckets={length_buckets!r} must be an integer >= 0 (0: no buckets), e.g. 8")
         self.source, self.tokenizer_kwargs = source, dict(tokenizer)
         self.cache_dir = Path(os.path.expanduser(str(cache_dir)))
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size

@@ -1,0 +1,98 @@
+"""Stage 1 of a distillation run, and the teacher's part of stage 2.
+
+:func:`ensure_teacher` finds the fine-tuned teacher (``teacher.path``, the teacher cache, or a fine-tuning now, in
+``<run>/teacher/``); :func:`prepare_distillation` brings its outputs (cached) or itself (online) to the student's
+data and returns what the DistillModule needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig
+
+from speedtrain.builders import build_datamodule
+from speedtrain.data.datamodule import TextDataModule
+from speedtrain.distill.teacher import (
+    attach_teacher,
+    cached_teacher,
+    teacher_key,
+    teacher_run_config,
+)
+from speedtrain.errors import UserError
+from speedtrain.families import model_name
+from speedtrain.fit import fit_and_evaluate
+from speedtrain.models.teacher import load_tokenizer, resolve_source
+
+log = logging.getLogger(__name__)
+
+
+def ensure_teacher(cfg: DictConfig) -> tuple[str, dict]:
+    """The fine-tuned teacher's folder: ``teacher.path``, a cached teacher, or one fine-tuned now (stage 1).
+
+    Returns:
+        The folder and what stage 1 did (``teacher/cached``, ``teacher/key``, ``teacher/fit_s``).
+    """
+    started, t = time.perf_counter(), cfg.teacher
+    if t.get("path"):
+        return t.path, {"teacher/source": str(t.path)}
+    if not t.get("source"):
+        raise UserError("distillation needs a teacher: pick one (teacher=minilm) or pass teacher.path=<folder> of "
+                        "a fine-tuned teacher")
+    teacher_cfg = teacher_run_config(cfg, Path(cfg.paths.output_dir) / "teacher")
+    teacher_data = build_datamodule(teacher_cfg)
+    teacher_data.prepare()
+    timings = {"data_s": time.perf_counter() - started}
+    key = teacher_key(teacher_cfg, teacher_data.data_digest)
+    found = cached_teacher(cfg.paths.cache_dir, key) if t.get("cache", True) else None
+    if found is not None:
+        log.info("Using the cached teacher %s", found)
+        return str(found), {"teacher/cached": True, "teacher/key": key, "teacher/source": t.source}
+    log.info("Stage 1/2: fine-tuning the teacher %s (no cached teacher %s)", t.source, key)
+    metrics = fit_and_evaluate(teacher_cfg, teacher_data, started, timings, stage="teacher",
+                               store_teacher_as=key if t.get("cache", True) else None)
+    log.info("Stage 2/2: distilling the teacher into the student")
+    cached = cached_teacher(cfg.paths.cache_dir, key)
+    if cached is not None:  # stage 1 is done for good: its resume checkpoint (weights + optimizer) can go
+        (Path(teacher_cfg.paths.output_dir) / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
+    folder = cached or Path(teacher_cfg.paths.output_dir) / "model"
+    return str(folder), {"teacher/cached": False, "teacher/key": key, "teacher/source": t.source,
+                         "teacher/fit_s": metrics["timings"]["total_s"]}
+
+
+def prepare_distillation(cfg: DictConfig, datamodule: TextDataModule, loss, teacher_dir: str, stage1: dict) -> dict:
+    """Bring the teacher's outputs (cached) or the teacher itself (online) to ``datamodule``.
+
+    Returns:
+        ``teacher_dir``, the teacher's metrics (``teacher_metrics``) and the DistillModule's arguments (``module``:
+        loss, teacher, intermediate loss, sizes), as :func:`speedtrain.fit.fit_and_evaluate` takes them.
+    """
+    d = cfg.distill
+    augment = OmegaConf.to_container(d.augment, resolve=True) if d.get("augment") else None
+    inter = d.get("intermediate")
+    if inter is not None and cfg.model.get("num_hidden_layers") is None:
+        log.warning("The student (model=%s) has no hidden layers to match the teacher's: distilling logits only "
+                    "(distill=logits)", model_name(cfg))
+        inter = None
+    teacher_config = None
+    if inter is not None:  # check the layer map before any teacher work
+        teacher_config = AutoConfig.from_pretrained(resolve_source(str(teacher_dir)))
+        instantiate(inter, student_width=1, teacher_width=1, shared_tokens=True,
+                    teacher_layers=teacher_config.num_hidden_layers, student_layers=cfg.model.get("num_hidden_layers"))
+    shared = load_tokenizer(teacher_dir).get_vocab() == datamodule.tokenizer.get_vocab()
+    # token-level intermediate terms need the teacher online; per-text ones (other tokenizers) are cached
+    online = d.get("teacher_logits", "cache") == "online" or (inter is not None and shared)
+    layers = tuple(pair[1] for pair in inter.layer_map) if inter is not None and not online else ()
+    metrics, teacher = attach_teacher(cfg.teacher, teacher_dir, datamodule, cfg.paths.cache_dir, augment,
+                                      online=online, hidden_layers=layers)
+    metrics.update(stage1, **{"distill/teacher_logits": "online" if online else "cache"})
+    module = {"loss": loss, "teacher": teacher, "shared_tokens": shared}
+    if inter is not None:
+        module["intermediate"] = instantiate(inter, _partial_=True)
+        # the sizes as a dict (Hydra would convert a config object)
+        module["teacher_config"] = {k: getattr(teacher_config, k) for k in ("hidden_size", "num_hidden_layers")}
+    return {"teacher_dir": teacher_dir, "teacher_metrics": metrics, "module": module}
