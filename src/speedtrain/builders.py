@@ -25,6 +25,8 @@ def build_datamodule(cfg: DictConfig) -> TextDataModule:
     old = cfg.trainer.get("speed") or {}  # a run saved before the data settings moved out of trainer.speed
     with open_dict(node):
         node.setdefault("_target_", DATAMODULE)
+        if "_target_" in (node.get("source") or {}):  # the DataModule calls the source in prepare()
+            node.source.setdefault("_partial_", True)
         if "length_buckets" in old and "length_buckets" not in node:
             node.length_buckets = old.length_buckets
     return instantiate_known(node, tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True),
