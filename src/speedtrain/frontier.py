@@ -81,7 +81,7 @@ def peer_rows(cfg: DictConfig, peers: Sequence[str], work_dir: str | Path) -> li
     """
     from speedtrain.bench.latency import BenchOptions
     from speedtrain.bench.peers import fit_and_measure
-    from speedtrain.pipeline import build_datamodule
+    from speedtrain.builders import build_datamodule
 
     datamodule = build_datamodule(cfg)
     datamodule.prepare()
