@@ -25,18 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-import psutil
-
+from speedtrain.bench.http_load import LoadOptions, make_bodies, make_texts, results_table, run_load
 from speedtrain.bench.latency import machine_info
-from speedtrain.bench.http_load import LoadOptions, make_bodies, make_texts, run_load
+from speedtrain.bench.server_process import ServerProcess, cache_counts, free_port
 
 SCENARIOS = {  # name -> (concurrency, texts per request, repeat share)
     "throughput": (64, 1, 0.0),
@@ -47,80 +42,14 @@ SCENARIOS = {  # name -> (concurrency, texts per request, repeat share)
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A server subprocess in its own process group (LitServe and uvicorn workers are children)."""
-
-    def __init__(self, name: str, command: list[str], port: int, ready_path: str, env: dict | None = None):
-        self.name, self.port, self.ready_path = name, port, ready_path
-        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"loadtest-{name}-{port}.log", "w")
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, **(env or {})})
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{self.name} not ready after {timeout} s; see {self.log.name}")
-
-    def rss_mb(self) -> float:
-        try:
-            procs = [psutil.Process(self.proc.pid)]
-            procs += procs[0].children(recursive=True)
-            return sum(p.memory_info().rss for p in procs) / 2**20
-        except psutil.Error:
-            return float("nan")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-
-def start(kind: str, bundle: str, workers: int, extra: list[str]) -> Server:
+def start(kind: str, bundle: str, workers: int, extra: list[str]) -> ServerProcess:
     port = free_port()
     if kind == "speedtrain":
         cmd = [sys.executable, "-m", "speedtrain.cli", "serve", bundle, "--port", str(port), "--workers",
                str(workers), *extra]
-        return Server(f"speedtrain-w{workers}", cmd, port, "/readyz")
+        return ServerProcess(f"speedtrain-w{workers}", cmd, port, "/readyz")
     cmd = [sys.executable, __file__, "--run-server", kind, bundle, "--port", str(port), "--workers", str(workers)]
-    return Server(f"{kind}-w{workers}", cmd, port, "/health" if kind == "litserve" else "/ready")
-
-
-def cache_counts(server: Server) -> tuple[float, float]:
-    try:
-        with urllib.request.urlopen(server.url + "/metrics", timeout=5) as r:
-            text = r.read().decode()
-    except OSError:
-        return float("nan"), float("nan")
-    values = {}
-    for line in text.splitlines():
-        for name in ("speedtrain_cache_hits_total", "speedtrain_cache_misses_total"):
-            if line.startswith(name + " "):
-                values[name] = float(line.split()[1])
-    return values.get("speedtrain_cache_hits_total", 0.0), values.get("speedtrain_cache_misses_total", 0.0)
+    return ServerProcess(f"{kind}-w{workers}", cmd, port, "/health" if kind == "litserve" else "/ready")
 
 
 _serials = [0]
@@ -133,7 +62,7 @@ def next_serial(n: int) -> int:
     return first
 
 
-def measure(server: Server, pool: list[str], scenario: str, args, seed: int) -> dict:
+def measure(server: ServerProcess, pool: list[str], scenario: str, args, seed: int) -> dict:
     concurrency, per_request, repeat = SCENARIOS[scenario]
     concurrency = args.concurrency or concurrency
     per_request = args.texts_per_request or per_request
@@ -153,7 +82,7 @@ def measure(server: Server, pool: list[str], scenario: str, args, seed: int) -> 
     return result
 
 
-def soak(server: Server, pool: list[str], rate: float, args) -> dict:
+def soak(server: ServerProcess, pool: list[str], rate: float, args) -> dict:
     """Open loop at ``rate`` for ``args.soak`` seconds of new texts; the server's resident memory every 5 s."""
     import threading
 
@@ -182,18 +111,6 @@ def soak(server: Server, pool: list[str], rate: float, args) -> dict:
                   rss_end_mb=rss1, rss_growth_pct=100 * (rss1 - rss0) / rss0,
                   rss_second_half_growth_pct=100 * (rss1 - half) / half, rss_samples=samples)
     return result
-
-
-def table(rows: list[dict]) -> str:
-    out = ["| server | scenario | conns | texts/req | repeats | requests/s | texts/s | p50 ms | p95 ms | p99 ms | "
-           "errors | cache hits |", "|" + "---|" * 12]
-    for r in rows:
-        hit = r.get("cache_hit_ratio")
-        out.append(f"| {r['server']} | {r['scenario']} | {r['concurrency']} | {r['texts_per_request']} | "
-                   f"{r.get('repeat_share', 0):.0%} | {r['requests_per_s']:,.0f} | {r['texts_per_s']:,.0f} | "
-                   f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | "
-                   f"{'' if hit is None else f'{hit:.1%}'} |")
-    return "\n".join(out)
 
 
 def main(argv=None) -> int:
@@ -233,20 +150,20 @@ def main(argv=None) -> int:
                     raw.extend(runs)
                     runs.sort(key=lambda r: r["requests_per_s"])
                     rows.append(runs[len(runs) // 2])
-                    print(table(rows[-1:]).splitlines()[-1], flush=True)
+                    print(results_table(rows[-1:]).splitlines()[-1], flush=True)
                 if args.soak and kind == "speedtrain":
                     best = max((r["requests_per_s"] for r in rows if r["server"] == server.name
                                 and r["scenario"] == "throughput"), default=1000.0)
                     rows.append(soak(server, pool, 0.8 * best, args))
                     raw.append(rows[-1])
                     r = rows[-1]
-                    print(table([r]).splitlines()[-1], f"RSS of all workers {r['rss_start_mb']:.0f} -> "
+                    print(results_table([r]).splitlines()[-1], f"RSS of all workers {r['rss_start_mb']:.0f} -> "
                           f"{r['rss_end_mb']:.0f} MB ({r['rss_growth_pct']:+.1f}%; second half "
                           f"{r['rss_second_half_growth_pct']:+.1f}%)", flush=True)
             finally:
                 server.stop()
 
-    print("\n" + table(rows))
+    print("\n" + results_table(rows))
     best = {}
     for r in rows:
         if r["scenario"] == "throughput":

@@ -21,10 +21,9 @@ import os
 import sys
 from pathlib import Path
 
-from loadtest import Server, free_port, table  # scripts/loadtest.py
-
+from speedtrain.bench.http_load import LoadOptions, make_bodies, make_texts, results_table, run_load
 from speedtrain.bench.latency import machine_info
-from speedtrain.bench.http_load import LoadOptions, make_bodies, make_texts, run_load
+from speedtrain.bench.server_process import ServerProcess, free_port
 
 STACKS = ("asgi-uvicorn", "starlette", "fastapi", "asgi-granian")
 SCENARIOS = {"http": (64, 1.0), "model": (64, 0.0), "latency": (8, 0.0)}  # connections, repeated share
@@ -120,8 +119,8 @@ def main() -> int:
     rows, serial = [], 0
     for stack in args.stacks.split(","):
         port = free_port()
-        server = Server(stack, [sys.executable, __file__, "--run", stack, args.bundle, "--port", str(port)], port,
-                        "/readyz")
+        server = ServerProcess(stack, [sys.executable, __file__, "--run", stack, args.bundle, "--port", str(port)],
+                               port, "/readyz")
         try:
             server.wait_ready()
             for scenario, (conns, repeat) in SCENARIOS.items():
@@ -136,10 +135,10 @@ def main() -> int:
                     runs.append(r)
                 runs.sort(key=lambda r: r["requests_per_s"])
                 rows.append(runs[len(runs) // 2])
-                print(table(rows[-1:]).splitlines()[-1], flush=True)
+                print(results_table(rows[-1:]).splitlines()[-1], flush=True)
         finally:
             server.stop()
-    print("\n" + table(rows))
+    print("\n" + results_table(rows))
     if args.out:
         Path(args.out).write_text(json.dumps({"machine": machine_info(), "table": rows}, indent=1))
     return 0

@@ -1,12 +1,13 @@
-"""W&B sweeps (conf/sweep/*.yaml, scripts/wandb_sweep.py): the configs validate against the composed config, the
-command a W&B agent builds for a trial trains offline with the swept values, and bad input is one line, exit 2.
-No sweep is created: nothing here talks to W&B's server."""
+"""W&B sweeps (conf/sweep/*.yaml; the checks in speedtrain.wandb_sweep, the agents in scripts/wandb_sweep.py): the
+configs validate against the composed config, the command a W&B agent builds for a trial trains offline with the
+swept values, and bad input is one line, exit 2. No sweep is created: nothing here talks to W&B's server."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -16,13 +17,14 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from speedtrain import wandb_sweep as sweeps
 from speedtrain.config import compose_config
 from speedtrain.errors import UserError
 from tests.conftest import DISTILL_TINY, REPO, TINY_RUN, TINY_STUDENT
 
 SCRIPT = REPO / "scripts" / "wandb_sweep.py"
 _spec = importlib.util.spec_from_file_location("speedtrain_wandb_sweep_script", SCRIPT)
-ws = importlib.util.module_from_spec(_spec)
+ws = importlib.util.module_from_spec(_spec)  # the script: agents and the command line (the checks: `sweeps`)
 _spec.loader.exec_module(ws)
 
 SWEEPS = sorted((REPO / "conf" / "sweep").glob("*.y*ml"))
@@ -36,11 +38,11 @@ def _env() -> dict[str, str]:
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
 def test_sweep_config_validates(path, tmp_path):
-    config = ws.load_sweep(path)  # validates, incl. every parameter against the composed config
+    config = sweeps.load_sweep(path, root=REPO)  # validates, incl. every parameter against the composed config
     assert {"distill", "baseline"} <= {p.stem for p in SWEEPS}
     assert config["program"] == "train.py" and config["metric"] == {"name": "val/acc", "goal": "maximize"}
     assert "${args_no_hyphens}" in config["command"] and "logger=wandb" in config["command"]
-    cfg = compose_config([*ws.command_overrides(config), f"paths.output_dir={tmp_path}"])
+    cfg = compose_config([*sweeps.command_overrides(config), f"paths.output_dir={tmp_path}"])
     assert cfg.objective == config["metric"]["name"] and cfg.task_name == path.stem
     for name in config["parameters"]:
         assert OmegaConf.select(cfg, name) is not None, name
@@ -73,6 +75,7 @@ BROKEN = {
                             "use distribution int_uniform"),
     "unparsable": (lambda c: c["parameters"].update({"data.label": {"values": ["[64"]}}),
                    r"Hydra rejects a sampled trial .*data.label=\[64"),
+    "program": (lambda c: c.update(program="trian.py"), re.escape(f"program='trian.py' is not a file in {REPO};")),
 }
 
 
@@ -80,7 +83,7 @@ BROKEN = {
 def test_validation_rejects_broken_config(case):
     change, message = BROKEN[case]
     with pytest.raises(UserError, match=message):
-        ws.validate_sweep(_broken(change))
+        sweeps.validate_sweep(_broken(change), root=REPO)
 
 
 def test_agent_command_trains_offline_with_the_swept_values(tmp_path, fine_tuned_teacher):
@@ -88,11 +91,11 @@ def test_agent_command_trains_offline_with_the_swept_values(tmp_path, fine_tuned
     the environment the agent gives a trial (sweep id, run id, parameter file), W&B offline."""
     from wandb.sdk.lib.config_util import save_config_file_from_dict
 
-    config = ws.load_sweep(REPO / "conf" / "sweep" / "distill.yaml")
-    params = ws.sample_params(config)
+    config = sweeps.load_sweep(REPO / "conf" / "sweep" / "distill.yaml", root=REPO)
+    params = sweeps.sample_params(config)
     assert params == {"module.optimizer.lr": 3e-4, "distill.loss.temperature": 1.0, "distill.loss.alpha": 0.1,
                       "model.hidden_size": 64}
-    command = ws.agent_command(config, params)
+    command = sweeps.agent_command(config, params)
     swept = [f"{k}={v}" for k, v in params.items()]
     assert command[:3] == ["/usr/bin/env", "python", "train.py"] and command[-len(swept):] == swept
 
@@ -131,8 +134,9 @@ def _script(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 def test_dry_run_prints_the_agent_command():
     done = _script(str(REPO / "conf" / "sweep" / "distill.yaml"), "--dry-run", "--override", "trainer.max_epochs=3")
     assert done.returncode == 0, done.stderr
-    config = ws.add_overrides(ws.load_sweep(REPO / "conf" / "sweep" / "distill.yaml"), ["trainer.max_epochs=3"])
-    assert shlex.split(done.stdout.strip()) == ws.agent_command(config, ws.sample_params(config))
+    config = sweeps.load_sweep(REPO / "conf" / "sweep" / "distill.yaml", root=REPO)
+    config = sweeps.add_overrides(config, ["trainer.max_epochs=3"])
+    assert shlex.split(done.stdout.strip()) == sweeps.agent_command(config, sweeps.sample_params(config))
     assert "trainer.max_epochs=3 module.optimizer.lr=0.0003" in done.stdout
 
 

@@ -218,6 +218,19 @@ def summarize(o: LoadOptions, texts_per_request: int, latencies, statuses: Count
     }
 
 
+def results_table(rows: list[dict]) -> str:
+    """A markdown table of :func:`run_load` results, each labelled with ``server`` and ``scenario`` (and optionally
+    ``repeat_share`` and ``cache_hit_ratio``) by the caller."""
+    out = ["| server | scenario | conns | texts/req | repeats | requests/s | texts/s | p50 ms | p95 ms | p99 ms | "
+           "errors | cache hits |", "|" + "---|" * 12]
+    for r in rows:
+        hit = r.get("cache_hit_ratio")
+        out.append(f"| {r['server']} | {r['scenario']} | {r['concurrency']} | {r['texts_per_request']} | "
+                   f"{r.get('repeat_share', 0):.0%} | {r['requests_per_s']:,.0f} | {r['texts_per_s']:,.0f} | "
+                   f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | "
+                   f"{'' if hit is None else f'{hit:.1%}'} |")
+    return "\n".join(out)
+
 async def _run(o: LoadOptions, bodies: Sequence[bytes]):
     parts = urlsplit(o.url)
     raws = [build_request(o.url, b, o.headers) for b in bodies]
