@@ -5,8 +5,14 @@ the model (a refactor that changes neither is behaviour-preserving).
 
 Compared exactly: every metrics.json value except timings, folders and the benchmark's speed figures; every
 bundle file except the ones that hold timings (benchmark.*, the model card) or the run's folder (speedtrain.json,
-compared without its path and fast-variant fields); each variant's parity (accuracy, agreement) and size. Speed figures
-are machine noise here: ``speedtrain bench`` and the benchmark scripts measure those. Exit 1 on any difference.
+compared without its path, fast-variant and file-hash fields); each variant's parity (accuracy, agreement). Speed
+figures are machine noise here: ``speedtrain bench`` and the benchmark scripts measure those. Exit 1 on any
+difference.
+
+Two kinds of bytes differ between identical models, and are compared without them: an ONNX file's node metadata
+(the exporter's Python stack traces name the source checkout's folder) and a ``.pt2`` archive's random
+``serialization_id`` and the comments AOTInductor writes into its generated C++ (its compile commands, present only
+when it compiled afresh); the ``.pt2``'s compiled library and weights are compared byte for byte.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ METRIC_NOISE = {"timings", "resumed_from", "best_checkpoint", "teacher_cache", "
 BUNDLE_NOISE_KEYS = {"dir", "fast_p50_ms", "fast_p99_ms", "fast_texts_per_s", "e2e_p50_ms", "e2e_texts_per_s",
                      "teacher_p50_ms", "e2e_batch"}
 TIMED_FILES = {"benchmark.json", "benchmark.md", "benchmark.png", "README.md", MANIFEST}
-MANIFEST_NOISE = {"run_dir", "fast"}  # fast: the fastest variant on this machine
+MANIFEST_NOISE = {"run_dir", "fast", "files"}  # fast: the fastest variant here; files: hashes, compared as files
 
 
 def comparable_metrics(run: Path) -> dict:
@@ -36,14 +42,42 @@ def comparable_metrics(run: Path) -> dict:
 
 
 def bundle_files(bundle: Path) -> dict[str, str]:
-    """sha256 of every file of the bundle (relative path -> digest)."""
-    return {str(p.relative_to(bundle)): hashlib.sha256(p.read_bytes()).hexdigest()
+    """sha256 of every file of the bundle (relative path -> digest), over :func:`model_bytes` for model files."""
+    return {str(p.relative_to(bundle)): hashlib.sha256(model_bytes(p)).hexdigest()
             for p in sorted(bundle.rglob("*")) if p.is_file()}
+
+
+def model_bytes(path: Path) -> bytes:
+    """The bytes of ``path`` that make the model: an ONNX file without node metadata and doc strings; a ``.pt2``
+    archive's members without its serialization id, its C++ sources without comment and blank lines."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        model = onnx.load(str(path))
+        for node in model.graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+        return model.SerializeToString()
+    if path.suffix == ".pt2":
+        import zipfile
+
+        digest = hashlib.sha256()
+        with zipfile.ZipFile(path) as archive:
+            for name in sorted(archive.namelist()):
+                if name.endswith("serialization_id"):
+                    continue
+                data = archive.read(name)
+                if name.endswith(".cpp"):
+                    data = b"\n".join(line for line in data.splitlines()
+                                       if line.strip() and not line.lstrip().startswith(b"//"))
+                digest.update(name.encode() + b"\0" + data)
+        return digest.digest()
+    return path.read_bytes()
 
 
 def parity_rows(bundle: Path) -> dict:
     report = json.loads((bundle / "benchmark.json").read_text())
-    return {name: {"parity": row["parity"], "size_mb": row["size_mb"]} for name, row in report["variants"].items()}
+    return {name: {"parity": row["parity"]} for name, row in report["variants"].items()}
 
 
 def manifest(bundle: Path) -> dict:
