@@ -57,6 +57,21 @@ def test_one_self_contained_file_with_ort_fusions(exported):
     assert info["fusions"].get("attention") == 2 and info["nodes"] < 80
 
 
+def test_no_source_paths_in_the_exported_files(exported):
+    """The exporter's stack traces (absolute paths of this checkout's source files) are not shipped: the same model
+    exports to the same bytes from any folder or machine."""
+    from pathlib import Path
+
+    import speedtrain
+
+    checkout = str(Path(speedtrain.__file__).resolve().parents[1]).encode()
+    _, folder, _ = exported
+    for name in ("model.onnx", "model.int8.onnx", "model.fp16.onnx"):
+        assert checkout not in (folder / name).read_bytes(), name
+        keys = {p.key for node in onnx.load(str(folder / name)).graph.node for p in node.metadata_props}
+        assert "pkg.torch.onnx.stack_trace" not in keys and "namespace" in keys, (name, keys)
+
+
 # (batch, length): batch 1, the max length, and shapes the exporter never saw
 @pytest.mark.parametrize("batch,length", [(1, 5), (1, MAX_LENGTH), (7, 13), (32, MAX_LENGTH)])
 def test_variants_match_eager(exported, batch, length):

@@ -49,6 +49,9 @@ def dynamic_shapes(max_length: int) -> dict:
     return {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
 
 
+STACK_TRACE = "pkg.torch.onnx.stack_trace"  # node metadata of torch.onnx.export(dynamo=True)
+
+
 def export_onnx(model: torch.nn.Module, path: str | Path, max_length: int, fuse: bool = True) -> dict:
     """Write ``model`` (an HF sequence classifier) as one self-contained ONNX file, fused for ONNX Runtime.
 
@@ -82,6 +85,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, max_length: int, fuse:
 
         ir_model, stats = optimize_for_ort(ir_model)
         fusions = {name: count for name, count in stats.items() if count}
+    for node in ir_model.graph:  # the exporter's Python stack traces name this checkout's folders: the same model
+        node.metadata_props.pop(STACK_TRACE, None)  # exports to the same bytes from any checkout or machine
     ir.save(ir_model, str(path))  # initializers inline: one self-contained file
     nodes = len(list(ir_model.graph))
     log.info("Exported %s (%d nodes, fusions %s)", path, nodes, fusions)
