@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-import subprocess
+import shutil
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,6 +60,68 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """``<session tmp>/<name>``, built by ``build(folder)`` once per test session, also under pytest-xdist.
+
+    Each xdist worker is a process with its own session fixtures; the first to get here builds the folder under a
+    file lock in the tmp root the workers share, the others wait for it and read the same folder. A build that
+    failed leaves no ``.done`` marker: the next one starts again from an empty folder. Tests only read it (copy it
+    to change anything).
+    """
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-of-<user>/pytest-<n>/popen-gw<i> -> the session's pytest-<n>
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+@contextlib.contextmanager
+def hydra_process(*argv: str, cwd: Path | None = None) -> Iterator[None]:
+    """``python train.py ARGV`` run in this process by calling ``train.main()`` inside: sets ``sys.argv`` (and
+    the working folder), and afterwards undoes what a Hydra run leaves behind in a process: the root logger's
+    handlers (Hydra adds one writing to the run's ``train.log``) and level, the ``speedtrain`` loggers' levels,
+    environment variables, ``sys.argv``, the working folder and Hydra's global state."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    handlers, level, env, old_argv, old_cwd = root.handlers[:], root.level, dict(os.environ), sys.argv, os.getcwd()
+    loggers = {name: logging.getLogger(name).level for name in list(logging.root.manager.loggerDict)}
+    sys.argv = ["train.py", *argv]
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(old_cwd)
+        sys.argv = old_argv
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, old in loggers.items():
+            logging.getLogger(name).setLevel(old)
+        os.environ.clear()
+        os.environ.update(env)
+        GlobalHydra.instance().clear()
+
+
+def run_train_py(*argv: str, cwd: Path | None = None) -> None:
+    """``python train.py ARGV`` in this process (see :func:`hydra_process`); a non-zero exit raises SystemExit."""
+    import train
+
+    with hydra_process(*argv, cwd=cwd):
+        train.main()
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path):
     """``make_cfg(*overrides)`` -> the real config, shrunk by TINY, writing under ``tmp_path/run``.
@@ -102,30 +167,34 @@ def product_rows() -> list[tuple[str, str]]:
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised 1-layer BERT (2 labels) with MiniLM's tokenizer, saved as a Hugging Face folder."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
 
-    from speedtrain.models.teacher import load_tokenizer
+    def build(folder: Path) -> None:
+        import torch
+        from transformers import BertConfig, BertForSequenceClassification
 
-    folder = tmp_path_factory.mktemp("tiny-teacher")
-    tokenizer = load_tokenizer("minilm")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+        from speedtrain.models.teacher import load_tokenizer
+
+        tokenizer = load_tokenizer("minilm")
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+        BertForSequenceClassification(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return shared_folder(tmp_path_factory, "tiny-teacher", build)
 
 
 @pytest.fixture(scope="session")
 def fine_tuned_teacher(tiny_teacher_dir, tmp_path_factory):
     """The tiny teacher fine-tuned on HS chapters by +experiment=teacher: its <run>/model folder."""
-    from speedtrain.pipeline import run
 
-    out = tmp_path_factory.mktemp("teacher-run")
-    run(compose_config([*TINY_RUN, "+experiment=teacher", f"teacher.source={tiny_teacher_dir}",
-                        "teacher.max_length=24", "data.eval_batch_size=64", f"paths.output_dir={out}"]))
-    return out / "model"
+    def build(out: Path) -> None:
+        from speedtrain.pipeline import run
+
+        run(compose_config([*TINY_RUN, "+experiment=teacher", f"teacher.source={tiny_teacher_dir}",
+                            "teacher.max_length=24", "data.eval_batch_size=64", f"paths.output_dir={out}"]))
+
+    return shared_folder(tmp_path_factory, "teacher-run", build) / "model"
 
 
 # The export callback in a tiny run: its bundle serves the export, serve and notebook tests.
@@ -137,14 +206,17 @@ TINY_EXPORT_RUN = [*TINY, *EXPORT_TINY, "+experiment=baseline", "export.variants
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_teacher_dir: Path) -> Path:
-    """``python train.py`` as a user runs it (a real Hydra run folder), with the bundle at ``<run>/bundle``."""
-    run_dir = tmp_path_factory.mktemp("export-run") / "run"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *TINY_EXPORT_RUN, f"teacher.source={tiny_teacher_dir}",
-         "teacher.max_length=24", f"hydra.run.dir={run_dir}"],
-        cwd=run_dir.parent, capture_output=True, text=True, timeout=600, env=dict(os.environ))
-    assert done.returncode == 0, done.stderr[-4000:]
-    return run_dir
+    """``train.py`` as a user runs it (a real Hydra run folder), with the bundle at ``<run>/bundle``: one run for
+    the whole session (every xdist worker reads it), read-only; a test that changes anything copies it first.
+
+    In this process (``train.main()`` with this command line, see :func:`run_train_py`): the same Hydra run as
+    ``python train.py ...`` without a second Python start-up. test_train.py checks train.py in a real process."""
+
+    def build(folder: Path) -> None:
+        run_train_py(*TINY_EXPORT_RUN, f"teacher.source={tiny_teacher_dir}", "teacher.max_length=24",
+                     f"hydra.run.dir={folder / 'run'}", cwd=folder)
+
+    return shared_folder(tmp_path_factory, "export-run", build) / "run"
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from omegaconf.errors import InterpolationValidationError
 from hydra_plugins.speedtrain_plugins import register as register_plugins
 from speedtrain.config import config_dir
 from speedtrain.launcher import LocalLauncher, SlurmLauncher
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, run_train_py
 
 # the brief's example: 2 nodes x 4 GPUs, DDP over 8 processes
 SLURM_2x4 = ["+experiment=baseline", "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
@@ -135,15 +134,12 @@ def test_sbatch_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seeds: l
 
 
 def test_local_launcher_multirun(tmp_path: Path):
-    """``python train.py -m hydra/launcher=local ... seed=1,2``: two jobs in submitit subprocesses, each a full run."""
+    """``python train.py -m hydra/launcher=local ... seed=1,2``: two jobs in submitit subprocesses, each a full run.
+
+    The sweep itself runs in this process (train.main() with that command line); the jobs are real processes."""
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "SPEEDTRAIN_CACHE": os.environ["SPEEDTRAIN_CACHE"], "HF_HUB_OFFLINE": "1",
-           "WANDB_MODE": "offline"}
-    done = subprocess.run(
-        [sys.executable, "train.py", "-m", "hydra/launcher=local", "+experiment=baseline", *TINY, "seed=1,2",
-         f"hydra.sweep.dir={sweep}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_train_py("-m", "hydra/launcher=local", "+experiment=baseline", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}",
+                 cwd=REPO)
     for job, seed in ((0, 1), (1, 2)):
         metrics = json.loads((sweep / str(job) / "metrics.json").read_text())
         assert "val/acc" in metrics and metrics["seed"] == seed

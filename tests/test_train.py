@@ -1,5 +1,9 @@
 """train.py as users run it: Hydra's flags, a real run folder and bad input (multirun and DDP: test_sweep.py; W&B
-offline: test_resume.py)."""
+offline: test_resume.py).
+
+Most run ``train.main()`` in this process with the command line in ``sys.argv`` (conftest.run_train_py): the same
+Hydra run without a Python start-up each. The last two start a real ``python train.py`` process: its exit codes.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import train
-from tests.conftest import EXPORT_TINY, REPO, TINY, write_csv
+from tests.conftest import EXPORT_TINY, REPO, TINY, run_train_py, write_csv
 
 
 def _cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -23,23 +27,25 @@ def _cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> 
     )
 
 
-def test_help_and_cfg_job(tmp_path):
-    helped = _cli("--help", cwd=tmp_path)
-    assert helped.returncode == 0 and "== Configuration groups ==" in helped.stdout and "experiment: baseline" in helped.stdout
-    shown = _cli("--cfg", "job", "+experiment=baseline", "model=bert_mini", cwd=tmp_path)
-    assert shown.returncode == 0 and "hidden_size: 256" in shown.stdout and "task_name: baseline" in shown.stdout
+def test_help_and_cfg_job(tmp_path, capsys):
+    with pytest.raises(SystemExit) as helped:
+        run_train_py("--help", cwd=tmp_path)
+    out = capsys.readouterr().out
+    assert helped.value.code == 0 and "== Configuration groups ==" in out and "experiment: baseline" in out
+    run_train_py("--cfg", "job", "+experiment=baseline", "model=bert_mini", cwd=tmp_path)  # returns: exit code 0
+    out = capsys.readouterr().out
+    assert "hidden_size: 256" in out and "task_name: baseline" in out
     assert not (tmp_path / "outputs").exists()  # --cfg prints, runs nothing
 
 
-def test_run_folder_layout(tmp_path):
-    done = _cli("+experiment=baseline", *TINY, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run_dir,) = (tmp_path / "outputs").glob("*/*")  # outputs/<date>/<time>
+def test_run_folder_layout(tmp_path, capsys):
+    run_train_py("+experiment=baseline", *TINY, cwd=tmp_path)  # a failure raises (SystemExit or the error)
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")  # outputs/<date>/<time>, under the working folder
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["objective"] == "val/acc" and "test/acc" in metrics
-    assert "test/acc" in done.stdout  # the summary table
+    assert "test/acc" in capsys.readouterr().out  # the summary table
 
 
 # Bad input: one clear line naming the value, exit code 2, no traceback. Run in-process through train.main.

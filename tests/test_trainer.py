@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from speedtrain.data.device import DeviceBatches
 from speedtrain.errors import UserError
 from speedtrain.pipeline import run
 from speedtrain.trainer import batch_plan, build_trainer, check_trainer
-from tests.conftest import EXPORT_TINY, REPO, TINY
+from tests.conftest import EXPORT_TINY, TINY, run_train_py
 
 TRAINERS = sorted(p.stem for p in (config_dir() / "trainer").glob("*.yaml"))
 
@@ -78,14 +77,16 @@ def test_a_trainer_this_machine_cannot_run_fails_first_with_the_fix(make_cfg, mo
     check_trainer(make_cfg("+experiment=baseline", "trainer=ddp", "trainer.devices=2"))  # fits: no error
 
 
-def test_train_py_without_cuda_exits_2_with_one_line(tmp_path):
+def test_train_py_without_cuda_exits_2_with_one_line(tmp_path, capsys):
+    """train.py's main in this process (test_train.py checks exit code 2 of a real ``python train.py``)."""
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    done = subprocess.run([sys.executable, str(REPO / "train.py"), "+experiment=baseline", "trainer=deepspeed_stage2",
-                           "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr[-2000:]
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    with pytest.raises(SystemExit) as exit_info:
+        run_train_py("+experiment=baseline", "trainer=deepspeed_stage2", "logger=none",
+                     f"hydra.run.dir={tmp_path / 'run'}")
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("speedtrain: error: trainer.strategy=deepspeed (DeepSpeed ZeRO) needs CUDA GPUs")
     assert not any("Traceback" in line for line in lines)
     assert not (tmp_path / "run" / "checkpoints").exists()
