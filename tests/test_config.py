@@ -64,8 +64,10 @@ def test_wheel_ships_every_config_and_module(tmp_path):
         shutil.copy(REPO / item, src / item)
     for item in ("conf", "src"):
         shutil.copytree(REPO / item, src / item, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
-                           str(src)], capture_output=True, text=True, timeout=300)
+    # --no-build-isolation: the installed setuptools and wheel (the dev extra's), not a fresh build environment
+    # downloaded from the package index: no network, ~5 s less
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("speedtrain-*.whl")
     shipped = {n.removeprefix("speedtrain/conf/") for n in zipfile.ZipFile(wheel).namelist()
