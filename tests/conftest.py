@@ -51,13 +51,42 @@ DISTILL_TINY = ["+experiment=distill", "distill.intermediate.layer_map=[[0,0],[1
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One speedtrain cache for the whole session (tokenizers and token ids are reused), never ~/.cache."""
+    """One speedtrain cache for the whole session (tokenizers and token ids are reused), never ~/.cache.
+
+    Under pytest-xdist each worker process has its own (its own tmp folder): no two processes write one cache.
+    """
     cache = tmp_path_factory.mktemp("speedtrain-cache")
     os.environ["SPEEDTRAIN_CACHE"] = str(cache)
     os.environ["HF_DATASETS_CACHE"] = str(cache / "hf-datasets")
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["WANDB_MODE"] = "offline"
     return cache
+
+
+_THREADS: list[int] = []  # torch's thread count for every test of this process, fixed at the first test
+
+
+@pytest.fixture(autouse=True)
+def torch_threads() -> Iterator[None]:
+    """Every test starts with the same torch thread count: a benchmark or a runner sets torch's (process-wide)
+    count for itself and leaves it so; the next test would otherwise train or compare numbers with another.
+
+    The count: torch's default, or under pytest-xdist that shared out among the workers (2 workers on 2 cores:
+    1 thread each, not 2 x 2 threads spinning on 2 cores). Processes the tests start keep torch's default.
+    """
+    reset_torch_threads()
+    yield
+
+
+def reset_torch_threads() -> None:
+    """torch's thread count back to this process's count for tests (see :func:`torch_threads`)."""
+    torch = sys.modules.get("torch")  # imported while collecting (test modules import it); else nothing to set
+    if torch is not None:
+        if not _THREADS:
+            workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+            _THREADS.append(max(1, torch.get_num_threads() // workers))
+        if torch.get_num_threads() != _THREADS[0]:
+            torch.set_num_threads(_THREADS[0])
 
 
 def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
@@ -78,6 +107,7 @@ def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str, build: Ca
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
+            reset_torch_threads()  # a session fixture is set up before the test's own fixtures
             build(folder)
             done.touch()
     return folder
