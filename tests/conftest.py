@@ -63,6 +63,22 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+@pytest.fixture(autouse=True)
+def root_logging() -> Iterator[None]:
+    """Every test leaves the root logger as it found it. A Hydra run in this process (``train.main()``) gives the
+    root logger a console handler on the test's captured stdout, closed when the test ends, and a file handler on
+    its run's train.log: a later test's log lines would go there ("--- Logging error ---" on stderr, which tests of
+    stderr read)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 _THREADS: list[int] = []  # torch's thread count for every test of this process, fixed at the first test
 
 

@@ -21,9 +21,13 @@ from tests.conftest import EXPORT_TINY, REPO, TINY, run_train_py, write_csv
 
 
 def _cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python train.py ARGS``, with torch's thread count of this process (conftest.torch_threads; 1 under xdist
+    on 2 cores): a run here and one there train alike (test_resume.py compares their weights bit for bit)."""
+    import torch
+
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), **(env or {})},
     )
 
 
