@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -206,3 +207,17 @@ def test_export_never_replaces_a_folder_that_is_not_a_bundle(tiny_run, tmp_path)
     (keep / "mine.txt").write_text("precious")
     assert main(["export", str(tiny_run), "--out", str(keep), "export.variants=[]", "export.benchmark=false"]) == 2
     assert (keep / "mine.txt").read_text() == "precious"
+
+
+def test_benchmarking_a_bundle_leaves_torch_threads_as_they_were(tiny_bundle, tmp_path):
+    """The runners set torch's process-wide thread count per call (1 for latency); a notebook or a run that
+    benchmarks a bundle keeps its own count afterwards."""
+    import torch
+
+    mine = (os.cpu_count() or 1) + 1  # neither the latency's 1 thread nor the throughput's all cores
+    torch.set_num_threads(mine)
+    done = main(["bench", str(tiny_bundle), "--out", str(tmp_path), "export.teacher=false",
+                 "export.bench.batch_sizes=[1,4]", "export.bench.min_reps=5", "export.bench.min_time_s=0.01",
+                 "export.bench.throughput_time_s=0.01", "export.bench.warmup=1"])
+    assert done == 0 and (tmp_path / "benchmark.json").is_file()
+    assert torch.get_num_threads() == mine

@@ -156,7 +156,8 @@ def attach_teacher(
     texts = list(train["text"])
     variants = word_dropout_variants(texts, **augment) if augment else []
     if variants:
-        datamodule.add_train_texts([v for _, v in variants], [train["label"][i] for i, _ in variants])
+        labels = train["label"]
+        datamodule.add_train_texts([v for _, v in variants], [labels[i] for i, _ in variants])
     texts_all = texts + [v for _, v in variants]
     metrics["distill/transfer_set"] = len(texts_all)
     if online:

@@ -157,8 +157,20 @@ def benchmark_bundle(folder: Path, rows: dict, texts: Sequence[str], max_length:
                      options: ExportOptions, teacher: dict | None = None) -> dict:
     """Benchmark every variant in ``rows`` (which carry their parity), pick the fast one; return the report.
 
-    Without ``options.benchmark`` only parity is reported and the fast variant is the PyTorch model.
+    Without ``options.benchmark`` only parity is reported and the fast variant is the PyTorch model. The runners
+    set torch's process-wide thread count per call; the caller's count is restored afterwards.
     """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _benchmark_bundle(folder, rows, texts, max_length, labels, options, teacher)
+    finally:
+        torch.set_num_threads(threads)  # a notebook or run that benchmarks a bundle keeps its cores afterwards
+
+
+def _benchmark_bundle(folder: Path, rows: dict, texts: Sequence[str], max_length: int, labels: list[str],
+                      options: ExportOptions, teacher: dict | None) -> dict:
     encoder = TextEncoder(folder, max_length)
     for variant, row in rows.items():
         if options.benchmark:
