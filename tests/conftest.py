@@ -79,6 +79,17 @@ def root_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
+@pytest.fixture(autouse=True)
+def hydra_config_cleared() -> Iterator[None]:
+    """Every test ends with no Hydra run config in this process. A Hydra run here (``train.main()``, ``speedtrain
+    train``) leaves ``HydraConfig`` set; code that asks it (``families._chosen_on_command_line``: was ``model=`` on
+    the command line?) would read that run's overrides in a later test."""
+    yield
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None
+
+
 _THREADS: list[int] = []  # torch's thread count for every test of this process, fixed at the first test
 
 
