@@ -202,3 +202,11 @@ def test_parameter_count_of_zero3_placeholders():
         p.ds_numel = p.numel()
         p.data = torch.empty(0)
     assert count_parameters(model) == full == {"params_total": 55, "params_non_embedding": 55}
+
+
+def test_the_old_data_speed_keys_name_their_new_place(tmp_path):
+    """``+trainer.speed.data_on_device=true`` (Hydra's hint for the moved key) must not be ignored silently."""
+    cfg = compose_config(["+experiment=baseline", "+trainer.speed.data_on_device=true", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(UserError, match=r"trainer.speed.data_on_device is now data.on_device: pass data.on_device=True"):
+        check_trainer(cfg)
+    check_trainer(compose_config(["+experiment=baseline", "data.on_device=true", f"paths.output_dir={tmp_path}"]))

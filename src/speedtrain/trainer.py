@@ -42,6 +42,9 @@ def speed_options(cfg: DictConfig) -> dict:
         raise UserError(f"trainer.speed.attention={speed['attention']!r} is not one of {list(ATTENTION)}; "
                         "e.g. trainer.speed.attention=eager (null keeps the model's own)")
     for key in ("data_on_device", "length_buckets"):  # runs saved before they moved to data.on_device/length_buckets
+        if key in speed and "on_device" in (cfg.get("data") or {}):  # a new config: typed on the command line
+            raise UserError(f"trainer.speed.{key} is now data.{key.removeprefix('data_')}: pass "
+                            f"data.{key.removeprefix('data_')}={speed[key]} instead")
         speed.pop(key, None)
     return speed
 
