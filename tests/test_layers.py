@@ -39,7 +39,7 @@ FORBIDDEN = {
 # "speedtrain", which is only itself; the floors right below it). Lowest first. A new module needs a floor here.
 FLOORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # every import of speedtrain.<x> runs the package root, which imports config (the resolvers, the cache folder)
-    "base": (("speedtrain", "speedtrain.errors", "speedtrain.config"), ()),
+    "base": (("speedtrain", "speedtrain.errors", "speedtrain.config", "speedtrain.stopping"), ()),
     "models": (("speedtrain.models",), ("base",)),  # the model classes (the static family registers itself)
     "bundle": (("speedtrain.bundle",), ("models",)),  # reading a bundle: loads models' classes
     "bench": (("speedtrain.bench",), ("bundle",)),  # timing and load-testing bundles

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from speedtrain import stopping
 from speedtrain.builders import build_model, build_module
 from speedtrain.callbacks.export_bench import build_exporter, bundle_summary
 from speedtrain.checkpoints import best_checkpoint, best_student, evaluate, is_deepspeed
@@ -22,7 +23,7 @@ from speedtrain.distill.teacher import store_teacher, student_vs_teacher
 from speedtrain.families import check_budget, model_name
 from speedtrain.loggers import log_confusion_matrix
 from speedtrain.models.student import count_parameters
-from speedtrain.resume import resume_checkpoint, track_trainer
+from speedtrain.resume import describe_checkpoint, resume_checkpoint, track_trainer
 from speedtrain.summary import print_summary
 from speedtrain.trainer import build_trainer, speed_options
 
@@ -53,10 +54,11 @@ def fit_and_evaluate(
 
     resume = resume_checkpoint(cfg.paths.output_dir)
     if resume is not None:
-        log.info("Resuming from %s", resume)
+        log.info("Resuming from %s (%s)", resume, describe_checkpoint(resume))
     fit_started = time.perf_counter()
     with track_trainer(trainer):  # a SLURM preemption saves this fit (speedtrain.launcher)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    stopping.check("after training finished (its checkpoints are complete)")  # a signal during the last validation
     fit_s = time.perf_counter() - fit_started
     best = best_checkpoint(trainer)  # None after fast_dev_run: the weights in memory are evaluated
     metrics = evaluate(trainer, module, datamodule, best, test=cfg.get("test", True))

@@ -113,10 +113,15 @@ def log_confusion_matrix(loggers: list[Logger], predictions: tuple | None, label
         y_true=labels, preds=predicted, class_names=list(label_names), title="test confusion matrix")})
 
 
-def finish_wandb() -> None:
-    """End the W&B run of this process, if any: the next run in the process (a Hydra multirun job) starts its own."""
+def finish_wandb(exit_code: int = 0, preempted: bool = False) -> None:
+    """End the W&B run of this process, if any: the next run in the process (a Hydra multirun job) starts its own.
+
+    A run stopped by a signal is marked preempted (W&B shows it so) and ends with its exit code; resuming it
+    (``wandb_run.json``) continues the same W&B run."""
     import sys
 
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish()
+        if preempted:
+            wandb.run.mark_preempting()
+        wandb.finish(exit_code=exit_code)

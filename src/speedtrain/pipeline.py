@@ -19,7 +19,8 @@ from speedtrain.errors import UserError
 from speedtrain.families import apply_latency_budget, check_family
 from speedtrain.fit import fit_and_evaluate
 from speedtrain.loggers import finish_wandb
-from speedtrain.resume import resumed_config
+from speedtrain.resume import continue_hint, resumed_config
+from speedtrain.stopping import DEFAULT_SIGNALS, Stopped, handle_stop_signals, report
 from speedtrain.teacher_stage import ensure_teacher, prepare_distillation
 from speedtrain.trainer import check_trainer
 
@@ -36,10 +37,25 @@ def run(cfg: DictConfig) -> float | None:
     """
     cfg = apply_latency_budget(apply_debug(resumed_config(cfg)))
     check_config(cfg)
+    signals = ((cfg.get("callbacks") or {}).get("checkpoint") or {}).get("signals", DEFAULT_SIGNALS)
+    stopped = None
     try:
-        return _run(cfg)
+        with handle_stop_signals(signals):  # SIGTERM, SIGINT, ...: save where the run is, then exit 128+signal
+            return _run(cfg)
+    except Stopped as err:
+        stopped = err
+        err.message += continue_hint(cfg.paths.output_dir)
+        if _rank_zero():
+            report(err)
+        raise
     finally:
-        finish_wandb()
+        finish_wandb(exit_code=stopped.code if stopped else 0, preempted=stopped is not None)
+
+
+def _rank_zero() -> bool:
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _run(cfg: DictConfig) -> float | None:

@@ -36,6 +36,38 @@ def resume_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def describe_checkpoint(path: str | os.PathLike) -> str:
+    """Where a checkpoint file stands: ``epoch 1, step 6, 2 batches of epoch 1 done`` (read memory-mapped)."""
+    path = Path(path)
+    if not path.is_file():
+        return "a sharded checkpoint"
+    try:
+        import torch
+
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        text = f"epoch {ckpt.get('epoch')}, step {ckpt.get('global_step')}"
+        states = ckpt.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [{}]
+        if "batches" in states[0]:
+            text += f", {states[0]['batches']} batches of epoch {states[0]['epoch']} trained on"
+        return text
+    except Exception as err:  # noqa: BLE001 - the log line only; Lightning reports an unreadable checkpoint
+        return f"unreadable here: {err}"
+
+
+def continue_hint(run_dir: str | os.PathLike) -> str:
+    """How to continue the run in ``run_dir`` after it stopped: the command when it saved a checkpoint."""
+    import sys
+
+    run_dir = Path(run_dir)
+    if resume_checkpoint(run_dir) is None and resume_checkpoint(run_dir / "teacher") is None:
+        return ""
+    if not (run_dir / ".hydra" / "config.yaml").is_file():  # not a Hydra run: its folder is the output_dir
+        return f"; continue by running it again with paths.output_dir={run_dir}"
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "train.py"
+    prog = "speedtrain train" if prog.startswith("speedtrain") else f"python {prog}"
+    return f"; continue with: {prog} resume={run_dir}"
+
+
 def resumed_config(cfg: DictConfig) -> DictConfig:
     """For ``resume=<run>``: the config the run was started with (``<run>/.hydra/config.yaml``), with the
     command line's other value overrides applied on top; ``cfg`` itself otherwise."""

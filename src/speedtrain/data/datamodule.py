@@ -17,6 +17,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from speedtrain.data.device import DeviceBatches, DeviceTable, column, padded
+from speedtrain.data.resumable import ResumableDataLoader
 from speedtrain.data.splits import make_splits
 from speedtrain.data.tokenizer import cached_wordpiece, save_atomically
 from speedtrain.errors import UserError
@@ -179,11 +180,12 @@ class TextDataModule(pl.LightningDataModule):
         collator = PairCollator(self.tokenizer, self.teacher_tokenizer, arrays)
         dataset = self.encoded[split].rename_column("label", "labels")
         batch_size = self.batch_size if shuffle else self.eval_batch_size
-        sampler = None
-        if shuffle:
+        sampler, kwargs = None, {}
+        if shuffle:  # training: a seeded order per epoch, resumable mid-epoch
             lengths = [len(ids) for ids in dataset["input_ids"]] if self.group_by_length else None
             sampler = SeededSampler(len(dataset), self.seed, lengths=lengths, batch_size=batch_size)
-        return DataLoader(
+            kwargs["position"] = self._position
+        return (ResumableDataLoader if shuffle else DataLoader)(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
@@ -191,7 +193,13 @@ class TextDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            **kwargs,
         )
+
+    def _position(self) -> tuple[int, int]:
+        """Where training is: (epoch, batches of it trained on), for a checkpoint of the training loader."""
+        trainer = self.trainer
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def table(self, split: str) -> DeviceTable:
         """``split`` as dense tensors (built once; the training split again after a change)."""
@@ -215,7 +223,8 @@ class TextDataModule(pl.LightningDataModule):
             epoch=lambda: trainer.current_epoch if trainer is not None else 0,
             rank=trainer.global_rank if trainer is not None else 0,
             world=trainer.world_size if trainer is not None else 1,
-            device=lambda: trainer.strategy.root_device if trainer is not None else torch.device("cpu"))
+            device=lambda: trainer.strategy.root_device if trainer is not None else torch.device("cpu"),
+            position=self._position if shuffle and trainer is not None else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -29,6 +29,8 @@ import datasets
 import numpy as np
 import torch
 
+from speedtrain.data.resumable import Position, ResumablePosition
+
 
 def padded(ds: datasets.Dataset, column: str, width: int | None = None, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A ragged list column of ``ds`` as a dense (N, width) int64 array padded on the right, and the row lengths
@@ -98,7 +100,7 @@ def round_up(lengths: np.ndarray, bucket: int, limit: int) -> np.ndarray:
     return np.minimum(-(-np.maximum(lengths, 1) // bucket) * bucket, limit)
 
 
-class DeviceBatches:
+class DeviceBatches(ResumablePosition):
     """An iterable of batches over a :class:`DeviceTable` on ``device()``; ``len()`` is the batches per epoch.
 
     Args:
@@ -109,12 +111,16 @@ class DeviceBatches:
         seed, epoch: the order of an epoch is drawn from ``seed`` and ``epoch()``.
         rank, world: this process and the number of processes.
         device: returns the device to put the table on (asked at the first iteration, once training has one).
+        position: (epoch, batches trained on) for a checkpoint: a restored run skips those batches
+            (:mod:`speedtrain.data.resumable`).
     """
 
     def __init__(self, table: DeviceTable, batch_size: int, shuffle: bool, bucket: int = 8, seed: int = 0,
                  epoch: Callable[[], int] = lambda: 0, rank: int = 0, world: int = 1,
-                 device: Callable[[], torch.device] = lambda: torch.device("cpu")) -> None:
+                 device: Callable[[], torch.device] = lambda: torch.device("cpu"), position: Position | None = None,
+                 ) -> None:
         self.table, self.batch_size, self.shuffle, self.bucket = table, batch_size, shuffle, bucket
+        self.position = position
         self.seed, self.epoch, self.rank, self.world, self.device = seed, epoch, rank, world, device
         self.widths = {k: int(table.tokens[k][0].shape[1]) for k in table.tokens}  # the padded widths
         self.key_group = "teacher_" if "teacher_" in table.tokens else ""  # the costlier model's lengths
@@ -170,7 +176,8 @@ class DeviceBatches:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         device = self.device()
         table = self.table.to(device)
-        rows, batches = self.plan(self.epoch() if self.shuffle else 0)
+        epoch = self.epoch() if self.shuffle else 0
+        rows, batches = self.plan(epoch)
         rows = torch.from_numpy(rows).to(device, non_blocking=True)
-        for start, size, widths in batches:
+        for start, size, widths in batches[self._skip_for(epoch):]:
             yield table.gather(rows[start : start + size], widths)

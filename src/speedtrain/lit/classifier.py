@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from speedtrain.data.resumable import restore_loader_position
+
 Batch = dict[str, torch.Tensor]  # input_ids (B, T), attention_mask (B, T), labels (B,)
 
 
@@ -101,6 +103,9 @@ class ClassifierModule(pl.LightningModule):
         if self.attention and config is not None and self.attention != config._attn_implementation:
             self._own_attention = config._attn_implementation
             self.model.set_attn_implementation(self.attention)
+
+    def on_train_start(self) -> None:
+        restore_loader_position(self.trainer)  # a resumed fit continues its epoch with the next batch
 
     def on_train_end(self) -> None:  # (before the export callback's on_fit_end: the bundle gets the model's own)
         if self._own_attention is not None:
