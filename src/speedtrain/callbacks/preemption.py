@@ -53,6 +53,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed mid-write
+            stale.unlink(missing_ok=True)
 
 
 class PreemptionCheckpoint(pl.Callback):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,32 +20,105 @@ import torch
 from rich.progress import track
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from speedtrain import stopping
+
+log = logging.getLogger(__name__)
+
+
+SHARD_TEXTS = 1024  # texts per shard of an unfinished labelling: what a stop signal may cost, a few seconds on a CPU
+
 
 @torch.no_grad()
 def teacher_outputs(
     teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
-    batch_size: int = 128, layers: tuple[int, ...] = (),
+    batch_size: int = 128, layers: tuple[int, ...] = (), shard_dir: str | Path | None = None,
+    shard_size: int = SHARD_TEXTS,
 ) -> dict[str, np.ndarray]:
     """The teacher's ``logits`` (N, C) for ``texts`` in eval mode, batched (sorted by length for speed), and with
-    ``layers`` the masked token mean of those ``hidden_states`` (0: embeddings) as ``hidden`` (N, len(layers), H)."""
+    ``layers`` the masked token mean of those ``hidden_states`` (0: embeddings) as ``hidden`` (N, len(layers), H).
+
+    With ``shard_dir`` every ``shard_size`` texts (in that sorted order) are written there as one file as soon as
+    they are done, and shards found there are reused: a labelling stopped by a signal (it finishes its shard, then
+    raises :class:`~speedtrain.stopping.Stopped`) or killed continues where it was.
+    """
     teacher.eval()
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    order = np.array(sorted(range(len(texts)), key=lambda i: len(texts[i])), dtype=np.int64)
     out = {"logits": np.zeros((len(texts), teacher.config.num_labels), dtype=np.float32)}
     if layers:
         out["hidden"] = np.zeros((len(texts), len(layers), teacher.config.hidden_size), dtype=np.float32)
-    starts = range(0, len(texts), batch_size)
-    for start in track(starts, description="teacher outputs", transient=True, disable=len(starts) < 4):
-        idx = order[start : start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt", return_token_type_ids=False)
-        enc = {k: v.to(teacher.device) for k, v in enc.items()}
-        result = teacher(**enc, output_hidden_states=bool(layers))
-        out["logits"][idx] = result.logits.float().cpu().numpy()
-        if layers:
-            mask = enc["attention_mask"][..., None].float()  # (B, T, 1)
-            pooled = [(result.hidden_states[layer].float() * mask).sum(1) / mask.sum(1) for layer in layers]
-            out["hidden"][idx] = torch.stack(pooled, 1).cpu().numpy()
+    shards = [order[start : start + shard_size] for start in range(0, len(texts), shard_size)]
+    done = reused = 0
+    with stopping.deferred():
+        for number, idx in enumerate(track(shards, description="teacher outputs", transient=True,
+                                           disable=len(shards) < 2)):
+            part = Path(shard_dir) / f"{number:06d}.npz" if shard_dir is not None else None
+            found = _read_shard(part, out, len(idx))
+            if found is not None:
+                for k, v in found.items():
+                    out[k][idx] = v
+                done, reused = done + len(idx), reused + len(idx)
+                continue
+            shard = {k: np.zeros((len(idx), *v.shape[1:]), v.dtype) for k, v in out.items()}
+            for start in range(0, len(idx), batch_size):
+                rows = idx[start : start + batch_size]
+                for k, v in _batch_outputs(teacher, tokenizer, [texts[i] for i in rows], max_length, layers).items():
+                    shard[k][start : start + len(rows)] = v
+            for k, v in shard.items():
+                out[k][idx] = v
+            if part is not None:
+                _save_npz(part, shard)
+            done += len(idx)
+            if stopping.requested() is not None:
+                raise stopping.Stopped(stopping.requested(), (
+                    f"stopped by {stopping.signal_name(stopping.requested())} while the teacher labelled "
+                    f"{len(texts):,} texts: the outputs of {done:,} are kept in {shard_dir}; run the same command "
+                    "again to reuse them"))
+    if reused:
+        log.info("Teacher outputs: reused %s of %s texts (%d shards) that an interrupted run left in %s", f"{reused:,}",
+                 f"{len(texts):,}", -(-reused // shard_size), shard_dir)
     return out
+
+
+def _batch_outputs(teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
+                   layers: tuple[int, ...]) -> dict[str, np.ndarray]:
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt",
+                    return_token_type_ids=False)
+    enc = {k: v.to(teacher.device) for k, v in enc.items()}
+    result = teacher(**enc, output_hidden_states=bool(layers))
+    out = {"logits": result.logits.float().cpu().numpy()}
+    if layers:
+        mask = enc["attention_mask"][..., None].float()  # (B, T, 1)
+        pooled = [(result.hidden_states[layer].float() * mask).sum(1) / mask.sum(1) for layer in layers]
+        out["hidden"] = torch.stack(pooled, 1).cpu().numpy()
+    return out
+
+
+def _read_shard(path: Path | None, like: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray] | None:
+    """A finished shard's arrays, or None (no file, or one that does not fit: recomputed)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            found = {k: f[k] for k in f.files}
+    except (OSError, ValueError):
+        return None
+    if set(found) != set(like) or any(v.shape != (rows, *like[k].shape[1:]) for k, v in found.items()):
+        return None
+    return found
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` into ``path`` atomically: concurrent DDP ranks and a later start never read a half-written file."""
+    for attempt in range(2):  # a rank that finished first removes the shard folder: make it again, once
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
+                np.savez(f, **arrays)
+            Path(f.name).replace(path)
+            return
+        except FileNotFoundError:
+            if attempt:
+                raise
 
 
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")
@@ -90,9 +165,9 @@ def cached_teacher_outputs(
     if path.is_file():
         with np.load(path) as cached:
             return {k: cached[k] for k in cached.files}, True
-    outputs = teacher_outputs(teacher, tokenizer, texts, max_length, layers=layers)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
-        np.savez(f, **outputs)
-    Path(f.name).replace(path)  # atomic: concurrent DDP ranks never read a half-written file
+    shards = path.with_suffix(".parts")  # the finished shards of this labelling until it is whole
+    outputs = teacher_outputs(teacher, tokenizer, texts, max_length, layers=layers, shard_dir=shards,
+                              shard_size=SHARD_TEXTS)
+    _save_npz(path, outputs)
+    shutil.rmtree(shards, ignore_errors=True)
     return outputs, False

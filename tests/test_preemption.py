@@ -1,0 +1,202 @@
+"""Preemption-safe runs (issue 26): a stop signal saves where the run is (mid-epoch), exits non-zero with the command
+that continues it, and the continued run ends exactly as an uninterrupted one; a SIGKILL while a checkpoint is
+being written leaves the previous one loadable; stage 1 and the teacher's labelling continue where they stopped."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from speedtrain.config import compose_config
+from speedtrain.pipeline import run
+from tests.conftest import REPO, TINY, TINY_RUN, reset_torch_threads, run_train_py
+from tests.crash import crash_overrides
+from tests.test_train import _cli
+
+# 3 epochs of 4 batches at a learning rate that moves the weights: any change in the steps shows in them
+RUN = ["+experiment=baseline", *TINY, "trainer.max_epochs=3", "module.optimizer.lr=1e-2"]
+DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+SIGTERM = "[SIGTERM]"
+
+
+def _checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    """The same final metrics, optimizer steps and bit-identical weights."""
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    for key in ("val/acc", "val/loss", "test/acc", "test/loss", "global_step", "epochs"):
+        assert ma[key] == mb[key], key
+    wa, wb = _checkpoint(a)["state_dict"], _checkpoint(b)["state_dict"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The uninterrupted run of RUN, in this process."""
+    reset_torch_threads()  # as the tests' own fixture does (a module fixture is set up before it)
+    out = tmp_path_factory.mktemp("straight") / "run"
+    run(compose_config([*RUN, f"paths.output_dir={out}"]))
+    return out
+
+
+def test_sigterm_mid_epoch_saves_exits_nonzero_and_the_resumed_run_equals_the_uninterrupted_one(straight, tmp_path):
+    killed = tmp_path / "killed"
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "WANDB_MODE": "offline", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    # SIGTERM (what a scheduler sends) before batch 2 of epoch 1: that step finishes, then the run saves and stops
+    stopped = _cli(*RUN, "logger=wandb", f"hydra.run.dir={killed}",
+                   *crash_overrides(tmp_path / "marker", signals=SIGTERM), cwd=tmp_path, env=env)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    line = (f"speedtrain: stopped by SIGTERM in epoch 1 after batch 3 of 4 (step 7); saved "
+            f"{killed / 'checkpoints' / 'last.ckpt'}; continue with: python train.py resume={killed}")
+    assert [x for x in stopped.stderr.splitlines() if x.startswith("speedtrain:")] == [line]
+    assert f"continue with: python train.py resume={killed}" in (killed / "train.log").read_text()
+    assert "Traceback" not in stopped.stderr and not (killed / "metrics.json").exists()
+    saved = _checkpoint(killed)
+    assert saved["global_step"] == 7 and saved["epoch"] == 1  # mid-epoch: 4 + 3 steps
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 3}]
+    run_id = json.loads((killed / "wandb_run.json").read_text())["id"]
+
+    resumed = _cli(f"resume={killed}", cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(epoch 1, step 7, 3 batches of epoch 1 trained on)" in (killed / "train.log").read_text()
+    _assert_same_run(straight, killed)  # the batches of epoch 1 trained before the stop were not trained again
+    starts = sorted(killed.glob("wandb/offline-run-*"))  # the W&B run continues: both starts wrote run <id>
+    assert len(starts) == 2 and all(s.name.endswith(run_id) for s in starts)
+    assert list(home.rglob("*")) == []
+
+
+def test_on_device_batches_resume_mid_epoch_too(tmp_path):
+    """The GPU trainers' batching (data.on_device), here on the CPU; the stop signal arrives in this process."""
+    args = [*RUN, "data.on_device=true"]
+    run(compose_config([*args, f"paths.output_dir={tmp_path / 'straight'}"]))
+    killed = [*args, f"paths.output_dir={tmp_path / 'killed'}"]
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    with pytest.raises(SystemExit) as stop:
+        run(compose_config([*killed, *crash_overrides(tmp_path / "marker", batch=1, signals=SIGTERM)]))
+    assert stop.value.code == 143 and _checkpoint(tmp_path / "killed")["global_step"] == 6
+    assert {s: signal.getsignal(s) for s in before} == before  # the run's handlers are gone with it
+    run(compose_config(killed))  # the same config again: it continues from last.ckpt
+    _assert_same_run(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_sigterm_to_rank_0_of_two_ddp_processes_stops_both_and_resumes_exactly(tmp_path):
+    straight = _cli(*RUN, *DDP_CPU, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = tmp_path / "killed"
+    # only rank 0 gets the signal (``kill <pid>``): the ranks agree to stop after the same step
+    stopped = _cli(*RUN, *DDP_CPU, f"hydra.run.dir={killed}",
+                   *crash_overrides(tmp_path / "marker", signals=SIGTERM, rank=0), cwd=tmp_path)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert stopped.stderr.count("speedtrain: stopped by SIGTERM in epoch 1 after batch 3 of 4") == 1  # rank 0 says it
+    assert _checkpoint(killed)["global_step"] == 7
+    resumed = _cli(f"resume={killed}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_run(tmp_path / "straight", killed)
+
+
+def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(straight, tmp_path):
+    killed = tmp_path / "killed"
+    # a checkpoint after every step (by time: every_minutes as good as 0); the write after step 6 is cut halfway
+    crashed = _cli(*RUN, f"hydra.run.dir={killed}", "callbacks.checkpoint.every_minutes=1e-9",
+                   "+callbacks.crash._target_=tests.crash.KillDuringSave", "+callbacks.crash.step=6",
+                   f"+callbacks.crash.marker={tmp_path / 'marker'}", cwd=tmp_path)
+    assert crashed.returncode == -9 and (tmp_path / "marker").is_file(), crashed.stderr[-3000:]
+    assert _checkpoint(killed)["global_step"] == 5  # the previous, mid-epoch one, whole
+    assert list((killed / "checkpoints").glob(".last.ckpt.*.tmp"))  # the half-written file never replaced it
+    run_train_py(f"resume={killed}", cwd=tmp_path)  # continues from step 5 with batch 2 of epoch 1
+    _assert_same_run(straight, killed)
+    assert not list((killed / "checkpoints").glob(".last.ckpt.*.tmp"))  # the next write cleared it
+
+
+def test_sigterm_in_stage_1_keeps_the_teachers_progress(tiny_teacher_dir, tmp_path, caplog):
+    args = [*TINY_RUN, "+experiment=distill", "distill=logits", f"teacher.source={tiny_teacher_dir}",
+            "teacher.max_length=24", "teacher.cache=false", "trainer.max_epochs=3", *TINY[len(TINY_RUN):]]
+    run(compose_config([*args, f"paths.output_dir={tmp_path / 'straight'}"]))
+    killed = [*args, f"paths.output_dir={tmp_path / 'killed'}"]
+    with pytest.raises(SystemExit) as stop:  # stage 1's fit gets the signal
+        run(compose_config([*killed, *crash_overrides(tmp_path / "marker", batch=1, signals=SIGTERM)]))
+    assert stop.value.code == 143
+    teacher_ckpt = tmp_path / "killed" / "teacher" / "checkpoints" / "last.ckpt"
+    assert torch.load(teacher_ckpt, map_location="cpu", weights_only=False)["global_step"] == 6
+    with caplog.at_level(logging.INFO, logger="speedtrain"):
+        run(compose_config(killed))
+    assert f"Resuming from {teacher_ckpt} (epoch 1, step 6, 2 batches of epoch 1 trained on)" in caplog.text
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("straight", "killed"))
+    assert a["teacher/test_acc"] == b["teacher/test_acc"] and a["test/acc"] == b["test/acc"]
+
+
+def test_sigterm_while_the_teacher_labels_keeps_its_finished_shards(fine_tuned_teacher, tmp_path, monkeypatch,
+                                                                    caplog):
+    from speedtrain.distill import logit_cache
+    from speedtrain.models.teacher import load_classifier, load_tokenizer
+    from speedtrain.stopping import handle_stop_signals
+
+    teacher = load_classifier(str(fine_tuned_teacher), num_labels=96, fine_tuned=True)
+    tokenizer = load_tokenizer(fine_tuned_teacher)
+    texts = [f"{'fresh ' * (i % 7)}item number {i} of steel" for i in range(1_000)]
+    expected = logit_cache.teacher_outputs(teacher, tokenizer, texts, 24)  # in one go, nothing on disk
+    monkeypatch.setattr(logit_cache, "SHARD_TEXTS", 256)  # 4 shards of 2 batches
+    batches = logit_cache._batch_outputs
+    calls = []
+
+    def signalled(*args):
+        calls.append(1)
+        if len(calls) == 3:  # in the second shard
+            signal.raise_signal(signal.SIGTERM)
+        return batches(*args)
+
+    monkeypatch.setattr(logit_cache, "_batch_outputs", signalled)
+    cache = tmp_path / "cache"
+    with pytest.raises(SystemExit) as stop, handle_stop_signals():
+        logit_cache.cached_teacher_outputs(fine_tuned_teacher, teacher, tokenizer, texts, 24, cache)
+    assert stop.value.code == 143 and "the outputs of 512 are kept in" in stop.value.message
+    (parts,) = (cache / "logits").glob("*.parts")
+    assert sorted(p.name for p in parts.iterdir()) == ["000000.npz", "000001.npz"] and len(calls) == 4
+
+    with caplog.at_level(logging.INFO, logger="speedtrain"):
+        outputs, from_cache = logit_cache.cached_teacher_outputs(fine_tuned_teacher, teacher, tokenizer, texts, 24,
+                                                                 cache)
+    assert "reused 512 of 1,000 texts (2 shards)" in caplog.text and len(calls) == 8  # 2 shards left: 4 batches
+    assert not from_cache and np.array_equal(outputs["logits"], expected["logits"])
+    assert not parts.exists() and len(list((cache / "logits").glob("*.npz"))) == 1
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    script = (
+        "import os, signal, time\n"
+        "from speedtrain import stopping\n"
+        "with stopping.handle_stop_signals():\n"
+        "    stopping.defer()\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print('first: remembered', stopping.requested(), flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "    print('not reached', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert done.stdout == "first: remembered 15\n" and "stopping at once" in done.stderr
+
+
+def test_an_unknown_signal_name_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import train
+
+    monkeypatch.setattr(sys, "argv", ["train.py", *RUN, f"hydra.run.dir={tmp_path / 'run'}",
+                                      "callbacks.checkpoint.signals=[SIGTERM,SIGBOGUS]"])
+    with pytest.raises(SystemExit) as exit_info:
+        train.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("speedtrain: error:") == 1, err
+    assert "'SIGBOGUS' is not a signal" in err and "Traceback" not in err
