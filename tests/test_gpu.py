@@ -44,15 +44,15 @@ def teacher(tmp_path_factory) -> Path:
     return folder / "model"
 
 
-def train(run_dir: Path, teacher: Path, *overrides: str) -> dict:
-    """``python train.py`` a tiny distillation with export into ``run_dir``; its metrics.json."""
+def train(run_dir: Path, teacher: Path, *overrides: str, returncode: int = 0) -> dict | None:
+    """``python train.py`` a tiny distillation with export into ``run_dir``; its metrics.json (when it finished)."""
     # the teacher has 2 layers; distill=logits (the online runs) has no intermediate terms to map
     layer_map = [] if "distill=logits" in overrides else ["distill.intermediate.layer_map=[[0,0],[1,2]]"]
     cmd = [sys.executable, str(REPO / "train.py"), *TINY, *EXPORT_TINY, "+experiment=distill",
            f"teacher.path={teacher}", "teacher.max_length=24", *layer_map, f"hydra.run.dir={run_dir}", *overrides]
     done = subprocess.run(cmd, cwd=run_dir.parent, capture_output=True, text=True, timeout=900, env=dict(os.environ))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    return json.loads((run_dir / "metrics.json").read_text())
+    assert done.returncode == returncode, done.stdout[-3000:] + done.stderr[-6000:]
+    return json.loads((run_dir / "metrics.json").read_text()) if returncode == 0 else None
 
 
 def check_outputs(run_dir: Path, metrics: dict, world: int) -> None:
@@ -125,3 +125,31 @@ def test_deepspeed_distill_consolidates_exports_and_resumes(tmp_path, teacher, t
 def test_deepspeed_on_one_gpu(tmp_path, teacher, trainer):
     """ZeRO on a single GPU (world size 1): the same consolidation, bundle and resume where only one GPU is lent."""
     distill_consolidate_export_resume(tmp_path, teacher, trainer, devices=1)
+
+
+def stop_and_resume(tmp_path: Path, teacher: Path, *overrides: str) -> None:
+    """SIGTERM (to rank 0 only) before batch 1 of epoch 1: the run saves after that step and exits 143; resumed,
+    it ends with the uninterrupted run's step count (on the GPU not bit for bit: its kernels are not deterministic)."""
+    from tests.crash import crash_overrides
+
+    run_dir = tmp_path / "run"
+    train(run_dir, teacher, *overrides, *crash_overrides(tmp_path / "marker", batch=1, signals="[SIGTERM]", rank=0),
+          returncode=143)
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and not (run_dir / "metrics.json").exists()
+    resumed = train(run_dir, teacher, *overrides)
+    assert resumed["resumed_from"].endswith("last.ckpt") and resumed["epochs"] == 2
+    assert resumed["global_step"] == 2 * 4  # 2 epochs of 4 batches (TINY): none trained twice, none skipped
+    check_outputs(run_dir, resumed, world=resumed["batch"]["world_size"])
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("trainer", ["gpu", "deepspeed_stage2"])
+def test_stop_signal_mid_epoch_saves_and_resumes_on_one_gpu(tmp_path, teacher, trainer):
+    stop_and_resume(tmp_path, teacher, f"trainer={trainer}", "trainer.devices=1")
+
+
+@pytest.mark.multi_gpu
+@needs_2_gpus
+def test_stop_signal_to_rank_0_of_ddp_on_two_gpus(tmp_path, teacher):
+    stop_and_resume(tmp_path, teacher, "trainer=ddp", "trainer.devices=2")
