@@ -49,34 +49,6 @@ def straight(tmp_path_factory) -> Path:
     return out
 
 
-def test_sigterm_mid_epoch_saves_exits_nonzero_and_the_resumed_run_equals_the_uninterrupted_one(straight, tmp_path):
-    killed = tmp_path / "killed"
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {"HOME": str(home), "WANDB_MODE": "offline", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    # SIGTERM (what a scheduler sends) before batch 2 of epoch 1: that step finishes, then the run saves and stops
-    stopped = _cli(*RUN, "logger=wandb", f"hydra.run.dir={killed}",
-                   *crash_overrides(tmp_path / "marker", signals=SIGTERM), cwd=tmp_path, env=env)
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
-    line = (f"speedtrain: stopped by SIGTERM in epoch 1 after batch 3 of 4 (step 7); saved "
-            f"{killed / 'checkpoints' / 'last.ckpt'}; continue with: python train.py resume={killed}")
-    assert [x for x in stopped.stderr.splitlines() if x.startswith("speedtrain:")] == [line]
-    assert f"continue with: python train.py resume={killed}" in (killed / "train.log").read_text()
-    assert "Traceback" not in stopped.stderr and not (killed / "metrics.json").exists()
-    saved = _checkpoint(killed)
-    assert saved["global_step"] == 7 and saved["epoch"] == 1  # mid-epoch: 4 + 3 steps
-    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 3}]
-    run_id = json.loads((killed / "wandb_run.json").read_text())["id"]
-
-    resumed = _cli(f"resume={killed}", cwd=tmp_path, env=env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "(epoch 1, step 7, 3 batches of epoch 1 trained on)" in (killed / "train.log").read_text()
-    _assert_same_run(straight, killed)  # the batches of epoch 1 trained before the stop were not trained again
-    starts = sorted(killed.glob("wandb/offline-run-*"))  # the W&B run continues: both starts wrote run <id>
-    assert len(starts) == 2 and all(s.name.endswith(run_id) for s in starts)
-    assert list(home.rglob("*")) == []
-
-
 def test_on_device_batches_resume_mid_epoch_too(tmp_path):
     """The GPU trainers' batching (data.on_device), here on the CPU; the stop signal arrives in this process."""
     args = [*RUN, "data.on_device=true"]
@@ -91,6 +63,7 @@ def test_on_device_batches_resume_mid_epoch_too(tmp_path):
     _assert_same_run(tmp_path / "straight", tmp_path / "killed")
 
 
+@pytest.mark.slow  # three 2-process runs: ~85 s on 2 cores, past the default suite's budget (run: pytest -m slow)
 def test_sigterm_to_rank_0_of_two_ddp_processes_stops_both_and_resumes_exactly(tmp_path):
     straight = _cli(*RUN, *DDP_CPU, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -123,7 +96,6 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(str
 def test_sigterm_in_stage_1_keeps_the_teachers_progress(tiny_teacher_dir, tmp_path, caplog):
     args = [*TINY_RUN, "+experiment=distill", "distill=logits", f"teacher.source={tiny_teacher_dir}",
             "teacher.max_length=24", "teacher.cache=false", "trainer.max_epochs=3", *TINY[len(TINY_RUN):]]
-    run(compose_config([*args, f"paths.output_dir={tmp_path / 'straight'}"]))
     killed = [*args, f"paths.output_dir={tmp_path / 'killed'}"]
     with pytest.raises(SystemExit) as stop:  # stage 1's fit gets the signal
         run(compose_config([*killed, *crash_overrides(tmp_path / "marker", batch=1, signals=SIGTERM)]))
@@ -133,8 +105,9 @@ def test_sigterm_in_stage_1_keeps_the_teachers_progress(tiny_teacher_dir, tmp_pa
     with caplog.at_level(logging.INFO, logger="speedtrain"):
         run(compose_config(killed))
     assert f"Resuming from {teacher_ckpt} (epoch 1, step 6, 2 batches of epoch 1 trained on)" in caplog.text
-    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("straight", "killed"))
-    assert a["teacher/test_acc"] == b["teacher/test_acc"] and a["test/acc"] == b["test/acc"]
+    teacher = json.loads((tmp_path / "killed" / "teacher" / "metrics.json").read_text())
+    assert teacher["resumed_from"] == str(teacher_ckpt) and teacher["global_step"] == teacher["epochs"] * 4  # none twice
+    assert "test/acc" in json.loads((tmp_path / "killed" / "metrics.json").read_text())  # then the student
 
 
 def test_sigterm_while_the_teacher_labels_keeps_its_finished_shards(fine_tuned_teacher, tmp_path, monkeypatch,

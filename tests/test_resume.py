@@ -1,4 +1,4 @@
-"""Crash-safe runs: SIGKILL mid-epoch then resume gives the uninterrupted run's result, the W&B run continues (and
+"""Crash-safe runs: SIGTERM mid-epoch then resume gives the uninterrupted run's result, the W&B run continues (and
 holds the config, metrics, system stats, confusion matrix, benchmark table and bundle), and SLURM's requeue signal
 saves a checkpoint, requeues the job and the requeued job resumes in the same folder."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import sys
 
@@ -27,7 +28,10 @@ def _weights(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
 
-def test_killed_mid_epoch_then_resumed_equals_the_uninterrupted_run(make_cfg, tmp_path):
+def test_stopped_mid_epoch_then_resumed_equals_the_uninterrupted_run(make_cfg, tmp_path):
+    """SIGTERM (what a scheduler sends) mid-epoch: the run saves after that step and exits 143 naming the command
+    that continues it; continued, it ends bit-identical to an uninterrupted run (issue 26). A SIGKILL instead:
+    tests/test_preemption.py (during a checkpoint write)."""
     from speedtrain.pipeline import run
 
     straight, killed = tmp_path / "run", tmp_path / "killed"
@@ -37,18 +41,26 @@ def test_killed_mid_epoch_then_resumed_equals_the_uninterrupted_run(make_cfg, tm
     # W&B offline without credentials; the bundle (one variant) becomes an artifact
     env = {"HOME": str(home), "WANDB_MODE": "", "WANDB_API_KEY": "", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     wandb_export = ["logger=wandb", *EXPORT_TINY, "export.variants=[onnx]", "export.teacher=false"]
-    crashed = _cli(*RUN, *wandb_export, f"hydra.run.dir={killed}", *crash_overrides(tmp_path / "marker"),
-                   cwd=tmp_path, env=env)
-    assert crashed.returncode == -9  # SIGKILL in epoch 1, batch 2
-    assert not (killed / "metrics.json").exists() and (killed / "checkpoints" / "last.ckpt").is_file()
+    stopped = _cli(*RUN, *wandb_export, f"hydra.run.dir={killed}",
+                   *crash_overrides(tmp_path / "marker", signals="[SIGTERM]"), cwd=tmp_path, env=env)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]  # before batch 2 of epoch 1
+    line = (f"speedtrain: stopped by SIGTERM in epoch 1 after batch 3 of 4 (step 7); saved "
+            f"{killed / 'checkpoints' / 'last.ckpt'}; continue with: python train.py resume={killed}")
+    assert [x for x in stopped.stderr.splitlines() if x.startswith("speedtrain:")] == [line]
+    assert f"continue with: python train.py resume={killed}" in (killed / "train.log").read_text()
+    assert "Traceback" not in stopped.stderr and not (killed / "metrics.json").exists()
+    saved = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 7 and saved["epoch"] == 1  # mid-epoch: 4 + 3 steps, not the epoch-0 one
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 3}]
     run_id = json.loads((killed / "wandb_run.json").read_text())["id"]
 
     resumed = _cli(f"resume={killed}", cwd=tmp_path, env=env)  # nothing else on the line
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(epoch 1, step 7, 3 batches of epoch 1 trained on)" in (killed / "train.log").read_text()
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, killed))
     assert b["resumed_from"] == str(killed / "checkpoints" / "last.ckpt") and a["resumed_from"] is None
     for key in ("val/acc", "val/loss", "test/acc", "test/loss", "global_step", "epochs"):
-        assert a[key] == b[key], key
+        assert a[key] == b[key], key  # the same optimizer steps: none of epoch 1's first 3 batches twice
     wa, wb = _weights(straight), _weights(killed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # bit-identical weights after the last step
     # the config it was started with stays in .hydra/; the resumed start's own is beside it
