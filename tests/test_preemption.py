@@ -163,13 +163,17 @@ def test_a_second_signal_stops_at_once(tmp_path):
     assert done.stdout == "first: remembered 15\n" and "stopping at once" in done.stderr
 
 
-def test_an_unknown_signal_name_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("override,expected", [
+    ("callbacks.checkpoint.signals=[SIGTERM,SIGBOGUS]", "'SIGBOGUS' is not a signal this process can catch"),
+    ("callbacks.checkpoint.every_minutes=0", "callbacks.checkpoint.every_minutes=0 must be positive"),
+])
+def test_bad_checkpoint_settings_are_one_line_and_exit_2(override, expected, tmp_path, monkeypatch, capsys):
     import train
 
-    monkeypatch.setattr(sys, "argv", ["train.py", *RUN, f"hydra.run.dir={tmp_path / 'run'}",
-                                      "callbacks.checkpoint.signals=[SIGTERM,SIGBOGUS]"])
+    monkeypatch.setattr(sys, "argv", ["train.py", *RUN, f"hydra.run.dir={tmp_path / 'run'}", override])
     with pytest.raises(SystemExit) as exit_info:
         train.main()
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("speedtrain: error:") == 1, err
-    assert "'SIGBOGUS' is not a signal" in err and "Traceback" not in err
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before any work

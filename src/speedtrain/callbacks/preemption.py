@@ -30,6 +30,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from speedtrain import stopping
+from speedtrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,12 @@ class PreemptionCheckpoint(pl.Callback):
     def __init__(self, dirpath: str, filename: str = "last", every_minutes: float | None = 30.0,
                  every_n_steps: int | None = None, signals: list[str] | tuple[str, ...] = stopping.DEFAULT_SIGNALS,
                  ) -> None:
-        if every_minutes is not None and every_minutes <= 0:
-            raise ValueError(f"callbacks.checkpoint.every_minutes={every_minutes} must be positive (or null)")
-        if every_n_steps is not None and every_n_steps <= 0:
-            raise ValueError(f"callbacks.checkpoint.every_n_steps={every_n_steps} must be positive (or null)")
+        if every_minutes is not None and not every_minutes > 0:
+            raise UserError(f"callbacks.checkpoint.every_minutes={every_minutes} must be positive, e.g. "
+                            "callbacks.checkpoint.every_minutes=30 (null: no checkpoints by time)")
+        if every_n_steps is not None and not every_n_steps > 0:
+            raise UserError(f"callbacks.checkpoint.every_n_steps={every_n_steps} must be positive, e.g. "
+                            "callbacks.checkpoint.every_n_steps=1000 (null: none by steps)")
         self.dirpath, self.filename = Path(dirpath), filename
         self.every_minutes, self.every_n_steps = every_minutes, every_n_steps
         self.signals = list(signals)
@@ -141,18 +144,18 @@ class PreemptionCheckpoint(pl.Callback):
         # validation runs first, then on_train_epoch_end decides
         if loop._should_accumulate() or loop.batch_progress.is_last_batch:
             return
-        stop, due = self._agree(trainer, stopping.requested() is not None, self._due(trainer))
+        stop, due = self._agree(trainer, stopping.requested() or 0, self._due(trainer))
         if stop or due:
             self._save(trainer)
         if stop:
-            self._stop(trainer, f"in epoch {trainer.current_epoch} after batch {batch_idx + 1} of "
+            self._stop(trainer, stop, f"in epoch {trainer.current_epoch} after batch {batch_idx + 1} of "
                                 f"{trainer.num_training_batches}")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        stop, _ = self._agree(trainer, stopping.requested() is not None, False)
+        stop, _ = self._agree(trainer, stopping.requested() or 0, False)
         if stop:
             self._save(trainer)
-            self._stop(trainer, f"at the end of epoch {trainer.current_epoch}")
+            self._stop(trainer, stop, f"at the end of epoch {trainer.current_epoch}")
 
     def _due(self, trainer: pl.Trainer) -> bool:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
@@ -160,14 +163,15 @@ class PreemptionCheckpoint(pl.Callback):
         return self.every_minutes is not None and time.monotonic() - self._last_save >= 60 * self.every_minutes
 
     @staticmethod
-    def _agree(trainer: pl.Trainer, stop: bool, due: bool) -> tuple[bool, bool]:
-        """(stop, save) as any rank wants them: a signal may reach one rank only (``kill <pid of rank 0>``)."""
+    def _agree(trainer: pl.Trainer, signum: int, due: bool) -> tuple[int, bool]:
+        """(the stop signal, save now) as any rank has them (0: none): a signal may reach one rank only
+        (``kill <pid of rank 0>``), and every rank must save and stop after the same step."""
         if trainer.world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
-            return stop, due
-        flags = torch.tensor([int(stop), int(due)], device=trainer.strategy.root_device)
+            return signum, due
+        flags = torch.tensor([int(signum), int(due)], device=trainer.strategy.root_device)
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        stop, due = (bool(v) for v in flags.tolist())
-        return stop, due
+        signum, due = flags.tolist()
+        return int(signum), bool(due)
 
     def _save(self, trainer: pl.Trainer) -> None:
         started = time.monotonic()
@@ -177,7 +181,6 @@ class PreemptionCheckpoint(pl.Callback):
             log.info("Saved %s at epoch %d, step %d (%.1f s)", self.path, trainer.current_epoch, trainer.global_step,
                      self._last_save - started)
 
-    def _stop(self, trainer: pl.Trainer, where: str) -> None:
-        signum = stopping.requested() or signal.SIGTERM  # another rank's signal: this one got none
+    def _stop(self, trainer: pl.Trainer, signum: int, where: str) -> None:
         raise stopping.Stopped(signum, f"stopped by {stopping.signal_name(signum)} {where} (step "
                                        f"{trainer.global_step}); saved {self.path}")
