@@ -177,3 +177,44 @@ def test_bad_checkpoint_settings_are_one_line_and_exit_2(override, expected, tmp
     assert exit_info.value.code == 2 and err.count("speedtrain: error:") == 1, err
     assert expected in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before any work
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_restored_loader_skips_the_batches_trained_on_then_draws_whole_epochs(workers):
+    """The DataLoader path alone, also with persistent worker processes (they keep their iterator across epochs)."""
+    from speedtrain.data.datamodule import SeededSampler
+    from speedtrain.data.resumable import ResumableDataLoader
+
+    def loader(position=None):
+        sampler = SeededSampler(40, seed=3)
+        return ResumableDataLoader(list(range(40)), batch_size=4, sampler=sampler, num_workers=workers,
+                                   persistent_workers=workers > 0, position=position)
+
+    def epoch(dl, number):
+        dl.sampler.set_epoch(number)
+        return [b.tolist() for b in dl]
+
+    whole = loader()
+    expected = {e: epoch(whole, e) for e in (1, 2)}
+    assert expected[1] != expected[2] and len(expected[1]) == 10
+    state = loader(position=lambda: (1, 3)).state_dict()  # saved after 3 batches of epoch 1
+    assert state == {"epoch": 1, "batches": 3}
+    restored = loader()
+    restored.load_state_dict(state)
+    assert [b.tolist() for b in restored] == expected[1][3:]  # the rest of epoch 1: its order, from batch 4
+    assert epoch(restored, 2) == expected[2]  # then whole epochs again
+    at_end = loader()
+    at_end.load_state_dict({"epoch": 1, "batches": 10})  # saved at the end of epoch 1: epoch 2 from its start
+    assert at_end.sampler.epoch == 2 and [b.tolist() for b in at_end] == expected[2]
+
+
+def test_on_device_batches_skip_the_batches_trained_on_once():
+    from speedtrain.data.device import DeviceBatches, DeviceTable
+
+    table = DeviceTable({"labels": np.arange(40)}, {"": (np.ones((40, 4), np.int64), np.full(40, 4))})
+    current = {"epoch": 1}
+    batches = DeviceBatches(table, 4, shuffle=True, bucket=0, seed=3, epoch=lambda: current["epoch"])
+    expected = [b["labels"].tolist() for b in batches]
+    batches.load_state_dict({"epoch": 1, "batches": 3})
+    assert [b["labels"].tolist() for b in batches] == expected[3:]
+    assert [b["labels"].tolist() for b in batches] == expected  # once only

@@ -49,17 +49,19 @@ class ResumablePosition:
         return resume[1] if resume is not None and resume[0] == epoch else 0
 
 
-class _Skipped:
-    """The batches of ``index_sampler`` after its first ``skip`` (index lists only: no rows are loaded)."""
+class _Skippable:
+    """The loader's batch sampler, whose next pass leaves out its first ``skip`` batches (index lists only: no
+    rows are loaded). One object per loader: a persistent-workers iterator keeps it and draws each epoch from it."""
 
-    def __init__(self, index_sampler, skip: int) -> None:
-        self.index_sampler, self.skip = index_sampler, skip
+    def __init__(self, index_sampler) -> None:
+        self.index_sampler, self.skip = index_sampler, 0
 
-    def __iter__(self) -> Iterator:
-        return itertools.islice(iter(self.index_sampler), self.skip, None)
+    def __iter__(self) -> Iterator:  # a generator: the skip goes to the pass that is drawn from first (a
+        skip, self.skip = self.skip, 0  # DataLoader iterator may call iter() twice and draw from the second)
+        yield from itertools.islice(iter(self.index_sampler), skip, None)
 
     def __len__(self) -> int:
-        return max(0, len(self.index_sampler) - self.skip)
+        return len(self.index_sampler)
 
 
 class ResumableDataLoader(ResumablePosition, DataLoader):
@@ -74,23 +76,23 @@ class ResumableDataLoader(ResumablePosition, DataLoader):
     def __init__(self, *args, position: Position | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.position = position
-        self._skip_now = 0
+        self._skippable: _Skippable | None = None
 
     def _resumed_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
     def __iter__(self):
-        self._skip_now = self._skip_for(getattr(self.sampler, "epoch", 0)) if self._resume else 0
-        try:
-            return super().__iter__()  # builds the iterator, which reads _index_sampler
-        finally:
-            self._skip_now = 0
+        if self._resume:
+            self._index_sampler.skip = self._skip_for(getattr(self.sampler, "epoch", 0))
+        return super().__iter__()  # a new iterator, or the persistent one reset: both draw from _index_sampler
 
     @property
     def _index_sampler(self):
-        sampler = super()._index_sampler
-        return _Skipped(sampler, self._skip_now) if self._skip_now else sampler
+        inner = super()._index_sampler
+        if self._skippable is None or self._skippable.index_sampler is not inner:
+            self._skippable = _Skippable(inner)
+        return self._skippable
 
 
 def restore_loader_position(trainer) -> None:
