@@ -218,3 +218,21 @@ def test_on_device_batches_skip_the_batches_trained_on_once():
     batches.load_state_dict({"epoch": 1, "batches": 3})
     assert [b["labels"].tolist() for b in batches] == expected[3:]
     assert [b["labels"].tolist() for b in batches] == expected  # once only
+
+
+def test_a_signal_outside_training_stops_at_once_and_says_what_next(make_cfg, tmp_path, monkeypatch, capsys):
+    import speedtrain.pipeline as pipeline
+
+    build = pipeline.build_datamodule
+
+    def signalled(cfg):  # SIGTERM while the data is being prepared: nothing to save there
+        signal.raise_signal(signal.SIGTERM)
+        return build(cfg)
+
+    monkeypatch.setattr(pipeline, "build_datamodule", signalled)
+    with pytest.raises(SystemExit) as stop:
+        run(make_cfg("+experiment=baseline"))
+    assert stop.value.code == 143
+    err = capsys.readouterr().err
+    assert err.count("speedtrain: stopped by SIGTERM outside training") == 1 and "run the same command again" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -37,7 +37,7 @@ def resume_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 
 def describe_checkpoint(path: str | os.PathLike) -> str:
-    """Where a checkpoint file stands: ``epoch 1, step 6, 2 batches of epoch 1 done`` (read memory-mapped)."""
+    """Where a checkpoint file stands: ``epoch 1, step 6, 2 batches of epoch 1 trained on`` (read memory-mapped)."""
     path = Path(path)
     if not path.is_file():
         return "a sharded checkpoint"
@@ -55,12 +55,12 @@ def describe_checkpoint(path: str | os.PathLike) -> str:
 
 
 def continue_hint(run_dir: str | os.PathLike) -> str:
-    """How to continue the run in ``run_dir`` after it stopped: the command when it saved a checkpoint."""
+    """How to continue the run in ``run_dir`` after it stopped: the command, when it saved a checkpoint."""
     import sys
 
     run_dir = Path(run_dir)
     if resume_checkpoint(run_dir) is None and resume_checkpoint(run_dir / "teacher") is None:
-        return ""
+        return "; run the same command again (what it cached so far, data, tokenizer, teacher outputs, is reused)"
     if not (run_dir / ".hydra" / "config.yaml").is_file():  # not a Hydra run: its folder is the output_dir
         return f"; continue by running it again with paths.output_dir={run_dir}"
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "train.py"

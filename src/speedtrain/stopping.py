@@ -79,8 +79,7 @@ def _handler(signum: int, frame) -> None:
         log.warning("Received %s: saving at the end of this step, then stopping (send it again to stop at once)",
                     signal_name(signum))
         return
-    raise Stopped(signum, f"stopped by {signal_name(signum)} before any training state was saved; run the same "
-                          "command again to start over (cached data, tokenizers and teacher outputs are reused)")
+    raise Stopped(signum, f"stopped by {signal_name(signum)} outside training, where nothing is saved on a signal")
 
 
 def install(signals: Iterable[str | int]) -> None:
@@ -147,8 +146,7 @@ def undefer() -> None:
 def check(where: str = "after that step finished") -> None:
     """Raise :class:`Stopped` if a stop signal was received (outside a deferred block it already raised)."""
     if _requested is not None:
-        raise Stopped(_requested, f"stopped by {signal_name(_requested)} {where}; run the same command again to "
-                                  "continue")
+        raise Stopped(_requested, f"stopped by {signal_name(_requested)} {where}")
 
 
 @contextlib.contextmanager

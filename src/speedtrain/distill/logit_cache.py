@@ -71,8 +71,7 @@ def teacher_outputs(
             if stopping.requested() is not None:
                 raise stopping.Stopped(stopping.requested(), (
                     f"stopped by {stopping.signal_name(stopping.requested())} while the teacher labelled "
-                    f"{len(texts):,} texts: the outputs of {done:,} are kept in {shard_dir}; run the same command "
-                    "again to reuse them"))
+                    f"{len(texts):,} texts: the outputs of {done:,} are kept in {shard_dir} for the next start"))
     if reused:
         log.info("Teacher outputs: reused %s of %s texts (%d shards) that an interrupted run left in %s", f"{reused:,}",
                  f"{len(texts):,}", -(-reused // shard_size), shard_dir)
