@@ -95,24 +95,30 @@ def _fake_slurm(tmp_path, job_id="4242"):
             "SLURM_NODELIST": "localhost"}
 
 
-def test_slurm_requeue_signal_saves_requeues_and_the_job_resumes_in_its_folder(tmp_path, monkeypatch):
-    run_dir = tmp_path / "run"
+def test_slurm_requeue_signal_saves_requeues_and_the_job_resumes_in_its_folder(make_cfg, tmp_path, monkeypatch):
+    from speedtrain.pipeline import run
+
+    run(make_cfg(*RUN))  # uninterrupted, in this process
+    run_dir = tmp_path / "killed"
     env = _fake_slurm(tmp_path)
-    # SLURM sends SIGUSR1 before the time limit (#SBATCH --signal=SIGUSR1@90), then kills the job
-    first = _cli(*RUN, f"hydra.run.dir={run_dir}", *crash_overrides(tmp_path / "marker", signals="[SIGUSR1,SIGKILL]"),
+    # SLURM sends SIGUSR1 before the time limit (#SBATCH --signal=SIGUSR1@90): the step finishes, the run saves,
+    # requeues the job and exits
+    first = _cli(*RUN, f"hydra.run.dir={run_dir}", *crash_overrides(tmp_path / "marker", signals="[SIGUSR1]"),
                  cwd=tmp_path, env=env)
-    assert first.returncode == -9, first.stderr[-3000:]
-    assert (run_dir / "hpc_ckpt_1.ckpt").is_file()  # Lightning's SLURM environment saved the state mid-epoch
+    assert first.returncode == 128 + signal.SIGUSR1, first.stderr[-3000:]
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
-    hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=False)
-    assert hpc["global_step"] == 6  # epoch 1, batch 2 of 4
+    assert "requeued SLURM job 4242: it continues from there" in first.stderr
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 7  # after batch 2 of epoch 1 (of 4), not in the middle of it
 
     # the same job, started again: train.main() with the same command line and environment, in this process
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     run_train_py(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)  # a failure raises
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["resumed_from"] == str(run_dir / "hpc_ckpt_1.ckpt") and metrics["epochs"] == 3
+    assert metrics["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt") and metrics["epochs"] == 3
+    wa, wb = _weights(tmp_path / "run"), _weights(run_dir)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the requeued job ends as an uninterrupted one
 
 
 @pytest.mark.parametrize("case", ["no_run", "no_checkpoint", "group_override"])

@@ -1,13 +1,15 @@
 """Continue an interrupted run in its own folder: which checkpoint, which config, and saving one on preemption.
 
-A run folder is resumable as soon as it holds ``checkpoints/last.ckpt`` (written at every validation) or an
-``hpc_ckpt_<n>.ckpt`` (written by Lightning's SLURM environment on ``SIGUSR1``, or by the submitit launcher before
-a requeue). Re-running with ``hydra.run.dir=<run>`` or ``resume=<run>`` fits from the newest of them; the W&B
-run id saved in the folder (:mod:`speedtrain.loggers`) continues the same W&B run.
+A run folder is resumable as soon as it holds ``checkpoints/last.ckpt`` (written at every validation, every
+``callbacks.checkpoint.every_minutes`` and on a stop signal: :mod:`speedtrain.callbacks.preemption`) or an
+``hpc_ckpt_<n>.ckpt`` (written by the submitit launcher before a requeue). Re-running with ``hydra.run.dir=<run>`` or
+``resume=<run>`` fits from the newest of them; the W&B run id saved in the folder (:mod:`speedtrain.loggers`)
+continues the same W&B run.
 
-Resuming from an end-of-validation checkpoint reproduces the uninterrupted run exactly on the CPU: the training
-order of an epoch depends only on (seed, epoch) (:class:`~speedtrain.data.datamodule.SeededSampler`) and the random
-state of a step only on (seed, epoch, batch) (:class:`~speedtrain.callbacks.reproducible.StepSeed`).
+Resuming from a checkpoint written between steps reproduces the uninterrupted run exactly on the CPU: the training
+order of an epoch depends only on (seed, epoch) (:class:`~speedtrain.data.datamodule.SeededSampler`), the loader
+skips the batches of the epoch already trained on (:mod:`speedtrain.data.resumable`), and the random state of a step
+depends only on (seed, epoch, batch) (:class:`~speedtrain.callbacks.reproducible.StepSeed`).
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class track_trainer:
 
 
 def save_preemption_checkpoint() -> Path | None:
-    """Write ``hpc_ckpt_<n>.ckpt`` of the fit running in this process, as Lightning's SLURM handler does.
+    """Write ``hpc_ckpt_<n>.ckpt`` of the fit running in this process (as Lightning's SLURM handler would).
 
     Called from a signal handler on the job's global rank 0 only (submitit), so it writes without the
     collective barrier of ``Trainer.save_checkpoint``; strategies that shard the state (DeepSpeed, FSDP) cannot be

@@ -88,10 +88,7 @@ def install(signals: Iterable[str | int]) -> None:
 
     if threading.current_thread() is not threading.main_thread():
         return
-    numbers = signal_numbers(signals)
-    if signal.SIGUSR1 in numbers and _slurm_requeue():
-        numbers.remove(signal.SIGUSR1)
-    for signum in numbers:
+    for signum in signal_numbers(signals):
         previous = signal.signal(signum, _handler)
         if previous is not _handler:
             _installed.setdefault(signum, previous)
@@ -101,8 +98,9 @@ def install(signals: Iterable[str | int]) -> None:
 def handle_stop_signals(signals: Iterable[str | int] = DEFAULT_SIGNALS) -> Iterator[None]:
     """Within: ``signals`` stop the run as this module says; after: the handlers are restored, the request cleared.
 
-    Under Lightning's SLURM environment (auto-requeue), its requeue signal (SIGUSR1) is left to Lightning, which
-    saves ``hpc_ckpt_<n>.ckpt`` and requeues the job.
+    Lightning's own handlers (its SIGTERM handler ends a fit with exit status 0; under SLURM its SIGUSR1 handler saves
+    in the middle of a step) are not installed where these are: Lightning adds its SLURM handler only to a signal
+    that has none, and :class:`~speedtrain.callbacks.preemption.PreemptionCheckpoint` takes SIGTERM back.
     """
     global _requested
     numbers = signal_numbers(signals)
@@ -120,15 +118,6 @@ def handle_stop_signals(signals: Iterable[str | int] = DEFAULT_SIGNALS) -> Itera
         _installed.update(outer)
         _requested = None
         _hard_stop.clear()
-
-
-def _slurm_requeue() -> bool:
-    """Whether Lightning's SLURM environment will handle SIGUSR1 (a batch job it detects: save and requeue)."""
-    if "SLURM_NTASKS" not in os.environ:
-        return False
-    from lightning_fabric.plugins.environments import SLURMEnvironment
-
-    return SLURMEnvironment.detect()
 
 
 def defer() -> None:

@@ -12,8 +12,9 @@ Every ``every_minutes`` (and/or ``every_n_steps``) the same checkpoint is writte
 or a power loss costs at most that much. Checkpoint files are written atomically (:class:`AtomicCheckpointIO`): a
 crash while writing leaves the previous ``last.ckpt`` as it was.
 
-Under Lightning's SLURM environment its requeue signal (SIGUSR1) stays Lightning's: it writes ``hpc_ckpt_<n>.ckpt``
-and requeues the job.
+In a SLURM batch job (``#SBATCH --signal=SIGUSR1@90 --requeue``) SIGUSR1 also requeues the job (``scontrol requeue``,
+from rank 0) after the save: the requeued job runs in the same folder and continues from ``last.ckpt``, exactly (as
+Lightning's own SLURM handler would, but from the end of a step, not from the middle of one).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -182,5 +184,26 @@ class PreemptionCheckpoint(pl.Callback):
                      self._last_save - started)
 
     def _stop(self, trainer: pl.Trainer, signum: int, where: str) -> None:
+        requeued = slurm_requeue() if signum == signal.SIGUSR1 and trainer.is_global_zero else ""
         raise stopping.Stopped(signum, f"stopped by {stopping.signal_name(signum)} {where} (step "
-                                       f"{trainer.global_step}); saved {self.path}")
+                                       f"{trainer.global_step}); saved {self.path}{requeued}")
+
+
+def slurm_requeue() -> str:
+    """In a SLURM batch job (Lightning's SLURM environment): ``scontrol requeue`` this job; what it did, for the
+    run's last line (empty outside SLURM)."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return ""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ["SLURM_JOB_ID"]
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.warning("scontrol requeue %s failed: %s", job, err)
+        return f"; requeueing SLURM job {job} failed ({err})"
+    if result.returncode != 0:
+        log.warning("scontrol requeue %s failed: %s", job, result.stderr.strip())
+        return f"; requeueing SLURM job {job} failed ({result.stderr.strip() or result.returncode})"
+    return f"; requeued SLURM job {job}: it continues from there"
