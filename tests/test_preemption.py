@@ -93,6 +93,21 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(str
     assert not list((killed / "checkpoints").glob(".last.ckpt.*.tmp"))  # the next write cleared it
 
 
+def test_a_crash_resumes_from_the_end_of_epoch_checkpoint_exactly(straight, tmp_path):
+    """A run that fails (no signal: nothing saved then) continues from the last.ckpt of its last validation: the
+    loader starts the next epoch from its first batch, also when limit_train_batches cuts the epochs short."""
+    from tests.crash import Crash
+
+    args = [*RUN, f"paths.output_dir={tmp_path / 'crashed'}"]
+    with pytest.raises(Crash):
+        run(compose_config([*args, *crash_overrides(tmp_path / "marker", batch=0, signals="[]")]))
+    saved = _checkpoint(tmp_path / "crashed")
+    assert saved["global_step"] == 4 and saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 0, "batches": 4, "of": 4}]  # the end of epoch 0 (4 of the loader's 71 batches)
+    run(compose_config(args))
+    _assert_same_run(straight, tmp_path / "crashed")
+
+
 def test_sigterm_in_stage_1_keeps_the_teachers_progress(tiny_teacher_dir, tmp_path, caplog):
     args = [*TINY_RUN, "+experiment=distill", "distill=logits", f"teacher.source={tiny_teacher_dir}",
             "teacher.max_length=24", "teacher.cache=false", "trainer.max_epochs=3", *TINY[len(TINY_RUN):]]
@@ -197,15 +212,16 @@ def test_a_restored_loader_skips_the_batches_trained_on_then_draws_whole_epochs(
     whole = loader()
     expected = {e: epoch(whole, e) for e in (1, 2)}
     assert expected[1] != expected[2] and len(expected[1]) == 10
-    state = loader(position=lambda: (1, 3)).state_dict()  # saved after 3 batches of epoch 1
-    assert state == {"epoch": 1, "batches": 3}
+    state = loader(position=lambda: (1, 3, 10)).state_dict()  # saved after 3 batches of epoch 1
+    assert state == {"epoch": 1, "batches": 3, "of": 10}
     restored = loader()
     restored.load_state_dict(state)
     assert [b.tolist() for b in restored] == expected[1][3:]  # the rest of epoch 1: its order, from batch 4
     assert epoch(restored, 2) == expected[2]  # then whole epochs again
-    at_end = loader()
-    at_end.load_state_dict({"epoch": 1, "batches": 10})  # saved at the end of epoch 1: epoch 2 from its start
-    assert at_end.sampler.epoch == 2 and [b.tolist() for b in at_end] == expected[2]
+    for of in (10, 4):  # saved at the end of epoch 1 (of its 10 batches, or of 4: limit_train_batches=4)
+        at_end = loader()
+        at_end.load_state_dict({"epoch": 1, "batches": of, "of": of})
+        assert at_end.sampler.epoch == 2 and [b.tolist() for b in at_end] == expected[2]  # epoch 2 from its start
 
 
 def test_on_device_batches_skip_the_batches_trained_on_once():

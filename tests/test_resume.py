@@ -51,7 +51,7 @@ def test_stopped_mid_epoch_then_resumed_equals_the_uninterrupted_run(make_cfg, t
     assert "Traceback" not in stopped.stderr and not (killed / "metrics.json").exists()
     saved = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 7 and saved["epoch"] == 1  # mid-epoch: 4 + 3 steps, not the epoch-0 one
-    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 3}]
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 3, "of": 4}]
     run_id = json.loads((killed / "wandb_run.json").read_text())["id"]
 
     resumed = _cli(f"resume={killed}", cwd=tmp_path, env=env)  # nothing else on the line

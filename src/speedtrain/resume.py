@@ -49,7 +49,7 @@ def describe_checkpoint(path: str | os.PathLike) -> str:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         text = f"epoch {ckpt.get('epoch')}, step {ckpt.get('global_step')}"
         states = ckpt.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [{}]
-        if "batches" in states[0]:
+        if "batches" in states[0] and states[0]["batches"] < states[0].get("of", float("inf")):  # mid-epoch
             text += f", {states[0]['batches']} batches of epoch {states[0]['epoch']} trained on"
         return text
     except Exception as err:  # noqa: BLE001 - the log line only; Lightning reports an unreadable checkpoint

@@ -196,10 +196,12 @@ class TextDataModule(pl.LightningDataModule):
             **kwargs,
         )
 
-    def _position(self) -> tuple[int, int]:
-        """Where training is: (epoch, batches of it trained on), for a checkpoint of the training loader."""
+    def _position(self) -> tuple[int, int, float]:
+        """Where training is: (epoch, batches of it trained on, batches in an epoch), for a checkpoint of the
+        training loader."""
         trainer = self.trainer
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return (trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+                trainer.num_training_batches)
 
     def table(self, split: str) -> DeviceTable:
         """``split`` as dense tensors (built once; the training split again after a change)."""

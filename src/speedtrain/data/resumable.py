@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 from torch.utils.data import DataLoader
 
-Position = Callable[[], tuple[int, int]]  # () -> (epoch, batches of it trained on)
+Position = Callable[[], tuple[int, int, float]]  # () -> (epoch, batches of it trained on, batches in an epoch)
 
 
 class ResumablePosition:
@@ -28,15 +28,15 @@ class ResumablePosition:
     def state_dict(self) -> dict:
         if self.position is None:
             return {}
-        epoch, batches = self.position()
-        return {"epoch": int(epoch), "batches": int(batches)}
+        epoch, batches, of = self.position()  # ``of``: the trainer's epoch length (limit_train_batches counts)
+        return {"epoch": int(epoch), "batches": int(batches), "of": float(of)}
 
     def load_state_dict(self, state: dict) -> None:
         if "epoch" not in state:
             return
         epoch, batches = int(state["epoch"]), int(state["batches"])
-        if batches >= len(self):  # saved at the end of an epoch: the next one starts from its first batch
-            epoch, batches = epoch + 1, 0
+        if batches >= min(state.get("of", float("inf")), len(self)):  # saved at the end of an epoch: the next
+            epoch, batches = epoch + 1, 0  # one starts from its first batch
         self._resume = (epoch, batches)
         self._resumed_epoch(epoch)
 
@@ -83,8 +83,8 @@ class ResumableDataLoader(ResumablePosition, DataLoader):
             self.sampler.set_epoch(epoch)
 
     def __iter__(self):
-        if self._resume:
-            self._index_sampler.skip = self._skip_for(getattr(self.sampler, "epoch", 0))
+        skip = self._skip_for(getattr(self.sampler, "epoch", 0)) if self._resume else 0
+        self._index_sampler.skip = skip  # also clears a skip that an iterator made but never drawn from left
         return super().__iter__()  # a new iterator, or the persistent one reset: both draw from _index_sampler
 
     @property
