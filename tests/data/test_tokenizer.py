@@ -36,3 +36,21 @@ def test_autotokenizer_loads_saved_folder(tmp_path):
     assert folder2 == folder  # cached: same texts and settings
     _, other = cached_wordpiece(TEXTS[:2000], tmp_path, vocab_size=700, max_length=32)
     assert other != folder
+
+
+def test_the_same_texts_give_the_same_piece_ids_in_every_process():
+    """The trainer numbers pieces in hash-map order, which changes from process to process: the same texts and
+    seed gave another vocabulary order, so another model (and the prune test's 40-96% agreement spread)."""
+    import subprocess
+    import sys
+
+    script = ("import hashlib, json\n"
+              "from speedtrain.data import sources\n"
+              "from speedtrain.data.tokenizer import train_wordpiece\n"
+              "tok = train_wordpiece(sources.hscodes()['train']['text'][:3000], vocab_size=600)\n"
+              "print(hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest())\n")
+    runs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}
+    assert len(runs) == 1 and len(next(iter(runs)).strip()) == 64
+    tok = train_wordpiece(TEXTS[:3000], vocab_size=600)
+    assert [tok.convert_ids_to_tokens(i) for i in range(5)] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
