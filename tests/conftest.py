@@ -46,7 +46,7 @@ EXPORT_TINY = [
     "export.bench.throughput_time_s=0.02",
 ]
 # +experiment=distill (distill=logits_hidden) with a layer map that the 1-layer tiny teacher has
-DISTILL_TINY = ["+experiment=distill", "distill.intermediate.layer_map=[[0,0],[1,1]]"]
+DISTILL_TINY = ["+experiment=distill", "model=bert_tiny", "distill.intermediate.layer_map=[[0,0],[1,1]]"]
 
 
 @pytest.fixture(scope="session", autouse=True)

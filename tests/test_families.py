@@ -18,15 +18,18 @@ STATIC_TINY = ["model=static", "model.hidden_size=16", "model.buckets=2048", "to
 
 
 def test_static_student_distils_exports_and_predicts(tmp_path, fine_tuned_teacher, caplog):
+    """+experiment=distill trains the static family unless model= says otherwise (no model= here), starting from
+    the teacher's piece vectors."""
     out = tmp_path / "run"
-    cfg = compose_config([*TINY_RUN, *EXPORT_TINY, *STATIC_TINY, "+experiment=distill",
+    cfg = compose_config([*TINY_RUN, *EXPORT_TINY, *STATIC_TINY[1:], "+experiment=distill",
                           f"teacher.path={fine_tuned_teacher}", "teacher.max_length=24", "export.variants=[onnx,onnx_int8]", "export.teacher=false",
                           f"paths.output_dir={out}"])
     assert cfg.data.batch_size == 128 and cfg.module.optimizer.lr == pytest.approx(1e-2)  # the family's recipe
     assert cfg.data.max_length == 64
-    with caplog.at_level(logging.WARNING):
+    assert cfg.model.init == "teacher"
+    with caplog.at_level(logging.INFO):
         run(cfg)  # +experiment=distill asks for hidden-state terms: the static student has no layers to match
-    assert "has no hidden layers" in caplog.text
+    assert "has no hidden layers" in caplog.text and "model.init=teacher: " in caplog.text
     metrics = json.loads((out / "metrics.json").read_text())
     vocab = metrics["data"]["vocab_size"]
     assert metrics["params"]["params_total"] == (vocab + 2048) * (16 + 1) + 16 * 96 + 96  # table, importance, head

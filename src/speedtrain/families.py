@@ -36,10 +36,11 @@ def model_name(cfg: DictConfig) -> str:
 
 
 def builder_config(model: DictConfig) -> DictConfig:
-    """The ``model`` node as its ``_target_`` takes it: without ``family`` and ``recipe`` (for the experiments)."""
+    """The ``model`` node as its ``_target_`` takes it: without ``family`` and ``recipe`` (for the experiments) and
+    ``init`` (what a distillation run starts the student from: :mod:`speedtrain.distill.static_init`)."""
     node = model.copy()
     with open_dict(node):
-        for key in ("family", "recipe"):
+        for key in ("family", "recipe", "init"):
             node.pop(key, None)
     return node
 

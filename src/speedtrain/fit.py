@@ -50,6 +50,8 @@ def fit_and_evaluate(
                             train_rows=len(datamodule.encoded["train"]))
     pl.seed_everything(cfg.seed, workers=True)  # the same student whether or not stage 1 ran before
     model = build_model(cfg, datamodule)
+    if distill and distill.get("init") is not None:  # model.init=teacher: the table starts from the teacher
+        distill["init"](model)
     module, plan = build_module(cfg, datamodule, trainer, model=model, **(distill["module"] if distill else {}))
 
     resume = resume_checkpoint(cfg.paths.output_dir)

@@ -8,6 +8,12 @@ split of the first job's config, and writes ``frontier.csv``, ``frontier.md`` an
 folder (:mod:`speedtrain.bench.frontier`); when the jobs logged to W&B, it logs the table and the plot to a new
 W&B run there too.
 
+The teacher the students learned from is a row too (kind ``teacher``, the ceiling): once per teacher folder
+(``metrics["teacher/dir"]``; the frontier experiment fine-tunes one), its test accuracy from the job's metrics
+(``teacher/transformer_test_acc`` for an ensemble teacher, else ``teacher/test_acc``) and its speed measured in
+the report's process by the peers' harness: its own tokenizer + PyTorch eager, end to end. The ``static_lr`` peer
+is built from the first teacher folder; without one (no distilled job) it is skipped with a warning.
+
 What it takes from a job:
 
 ==============  ====================================================================================
@@ -37,6 +43,8 @@ from omegaconf import DictConfig, OmegaConf
 from speedtrain.errors import exit_on_user_error
 
 log = logging.getLogger(__name__)
+
+PEERS = ("tfidf_lr", "fasttext", "static_lr")  # the default peers (conf/experiment/frontier.yaml's too)
 
 
 def job_dirs(sweep_dir: str | Path) -> list[Path]:
@@ -73,20 +81,99 @@ def job_config(job_dir: str | Path) -> DictConfig:
     return cfg
 
 
-def peer_rows(cfg: DictConfig, peers: Sequence[str], work_dir: str | Path) -> list[dict]:
-    """Fit and measure ``peers`` on the split ``cfg`` trains on, with its benchmark settings (``export.bench``).
-
-    The split comes from the same DataModule the jobs built (``build_datamodule(cfg).prepare()``), so the peers
-    see exactly the students' train/validation/test texts. fastText's temporary file goes under ``work_dir``.
-    """
+def bench_options(cfg: DictConfig):
+    """The :class:`~speedtrain.bench.latency.BenchOptions` of a job's ``export.bench``."""
     from speedtrain.bench.latency import BenchOptions
-    from speedtrain.bench.peers import fit_and_measure
+
+    return BenchOptions(**OmegaConf.to_container(cfg.export.bench, resolve=True))
+
+
+def job_splits(cfg: DictConfig):
+    """The train/validation/test split ``cfg`` trains on, from the same DataModule the jobs built."""
     from speedtrain.builders import build_datamodule
 
     datamodule = build_datamodule(cfg)
     datamodule.prepare()
-    options = BenchOptions(**OmegaConf.to_container(cfg.export.bench, resolve=True))
-    return fit_and_measure(list(peers), datamodule.splits, options, work_dir=work_dir)
+    return datamodule.splits
+
+
+def peer_rows(cfg: DictConfig, peers: Sequence[str], work_dir: str | Path, splits=None,
+              teacher_dir: str | None = None) -> list[dict]:
+    """Fit and measure ``peers`` on the split ``cfg`` trains on, with its benchmark settings (``export.bench``).
+
+    The split (``splits``, else :func:`job_splits`) comes from the same DataModule the jobs built, so the peers
+    see exactly the students' train/validation/test texts. fastText's temporary file goes under ``work_dir``;
+    ``static_lr`` reads ``teacher_dir`` and caches its piece vectors under ``paths.cache_dir``.
+    """
+    from speedtrain.bench.peers import fit_and_measure
+
+    static = {"teacher_dir": teacher_dir, "cache_dir": OmegaConf.select(cfg, "paths.cache_dir", default=None)}
+    return fit_and_measure(list(peers), job_splits(cfg) if splits is None else splits, bench_options(cfg),
+                           work_dir=work_dir, peer_kwargs={"static_lr": static})
+
+
+def teachers(jobs: Sequence[Path]) -> dict[str, Path]:
+    """Each teacher folder the jobs name (``metrics["teacher/dir"]``) -> the first job that names it."""
+    found: dict[str, Path] = {}
+    for job in jobs:
+        folder = json.loads((job / "metrics.json").read_text()).get("teacher/dir")
+        if folder:
+            found.setdefault(str(folder), job)
+    return found
+
+
+def teacher_row(folder: str, job_dir: Path, texts: list[str], options) -> dict:
+    """The teacher of ``job_dir`` as a frontier row: test accuracy from the job's metrics, speed measured now as a
+    peer's is (:func:`~speedtrain.bench.latency.benchmark_end_to_end`: its tokenizer + PyTorch eager, inference
+    mode, ``teacher.max_length``), with fewer calls (it is ~100x slower than a student)."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoConfig
+
+    from speedtrain.bench.latency import benchmark_end_to_end
+    from speedtrain.bundle.runtime import TextEncoder, TorchRunner
+    from speedtrain.models.teacher import load_classifier
+
+    metrics, cfg = json.loads((job_dir / "metrics.json").read_text()), job_config(job_dir)
+    model = load_classifier(folder, AutoConfig.from_pretrained(folder).num_labels, fine_tuned=True).eval()
+    encoder = TextEncoder(folder, int(OmegaConf.select(cfg, "teacher.max_length", default=None) or 128))
+
+    def make_predict(threads: int | None):
+        runner = TorchRunner(model, threads or os.cpu_count() or 1)
+        return lambda batch: runner(*encoder(batch)).argmax(1)
+
+    fewer = dataclasses.replace(options, min_reps=min(options.min_reps, 100), warmup=min(options.warmup, 5),
+                                throughput_warmup=1, throughput_min_reps=1)
+    threads = torch.get_num_threads()
+    try:
+        speed = benchmark_end_to_end(make_predict, texts, fewer)
+    finally:
+        torch.set_num_threads(threads)  # TorchRunner sets torch's global thread count
+    batch = max(speed["throughput"], key=int)
+    acc = metrics.get("teacher/transformer_test_acc", metrics.get("teacher/test_acc"))
+    source = str(metrics.get("teacher/source") or folder)
+    return {"model": Path(source).name, "kind": "teacher", "seed": OmegaConf.select(cfg, "teacher.seed", default=None),
+            "test_acc": None if acc is None else 100 * acc, "texts_per_s": speed["throughput"][batch],
+            "p50_ms": speed["latency"]["p50_ms"], "p99_ms": speed["latency"]["p99_ms"],
+            "params": sum(p.numel() for p in model.parameters()), "throughput": speed["throughput"],
+            "batch": int(batch), "speed": "e2e", "teacher_dir": folder, "job": job_dir.name}
+
+
+def teacher_rows(jobs: Sequence[Path], texts: list[str], options) -> list[dict]:
+    """:func:`teacher_row` of every teacher folder the jobs name that still exists (models named apart)."""
+    rows = []
+    for folder, job in teachers(jobs).items():
+        if not (Path(folder) / "config.json").is_file():
+            log.warning("Frontier: the teacher folder %s (job %s) is gone; no teacher row for it", folder, job.name)
+            continue
+        rows.append(teacher_row(folder, job, texts, options))
+        names = [row["model"] for row in rows]
+        if names.count(rows[-1]["model"]) > 1:
+            rows[-1]["model"] += f"#{names.count(rows[-1]['model'])}"
+        log.info("Frontier: teacher %s: test acc %s, %.0f texts/s at batch %d, p50 %.2f ms", rows[-1]["model"],
+                 rows[-1]["test_acc"], rows[-1]["texts_per_s"], rows[-1]["batch"], rows[-1]["p50_ms"])
+    return rows
 
 
 def rebench_student(row: dict, job_dir: Path, cfg: DictConfig) -> dict:
@@ -105,9 +192,9 @@ def rebench_student(row: dict, job_dir: Path, cfg: DictConfig) -> dict:
             "batch": int(largest), "speed": "e2e"}
 
 
-def frontier_report(sweep_dir: str | Path, peers: Sequence[str] = ("tfidf_lr", "fasttext"),
-                    wandb: bool | None = None, rebench: bool = False) -> dict[str, Path] | None:
-    """Write ``frontier.csv``/``.md``/``.png`` of the sweep in ``sweep_dir``, peers included.
+def frontier_report(sweep_dir: str | Path, peers: Sequence[str] = PEERS, wandb: bool | None = None,
+                    rebench: bool = False, teacher: bool = True) -> dict[str, Path] | None:
+    """Write ``frontier.csv``/``.md``/``.png`` of the sweep in ``sweep_dir``, peers (and the teacher) included.
 
     Args:
         sweep_dir: the multirun folder (``hydra.sweep.dir``).
@@ -115,6 +202,7 @@ def frontier_report(sweep_dir: str | Path, peers: Sequence[str] = ("tfidf_lr", "
         wandb: log to a new W&B run in ``sweep_dir``; None: when the jobs used the W&B logger.
         rebench: time every job's bundle again now (:func:`rebench_student`) instead of taking the speed its run
             measured, so students and peers are timed in one process (``speedtrain frontier SWEEP --rebench``).
+        teacher: a row for each teacher folder of the jobs (:func:`teacher_row`), timed now.
 
     Returns:
         The paths :func:`speedtrain.bench.frontier.write_frontier` wrote; None when no job finished.
@@ -131,7 +219,13 @@ def frontier_report(sweep_dir: str | Path, peers: Sequence[str] = ("tfidf_lr", "
     if rebench:
         rows = [rebench_student(row, job, job_config(job)) if (job / "bundle").is_dir() else row
                 for row, job in zip(rows, jobs)]
-    rows += [{**peer, "seed": None} for peer in peer_rows(cfg, peers, sweep_dir)] if peers else []
+    found = teachers(jobs)
+    splits = job_splits(cfg) if peers or (teacher and found) else None
+    if teacher and found:
+        rows += teacher_rows(jobs, list(splits["test"]["text"]), bench_options(cfg))
+    if peers:
+        teacher_dir = next(iter(found), None)
+        rows += [{**peer, "seed": None} for peer in peer_rows(cfg, peers, sweep_dir, splits, teacher_dir)]
     batch = max(OmegaConf.select(cfg, "export.bench.batch_sizes", default=[0]) or [0]) or None
     for row in rows:
         if row["kind"] == "student" and row["texts_per_s"] is not None:
@@ -192,14 +286,17 @@ class FrontierReport(Callback):
     """Hydra callback: the accuracy–speed frontier of the sweep when a multirun ends (module docstring).
 
     Args:
-        peers: peer names (``tfidf_lr``, ``fasttext``); fastText is skipped with a warning when not installed.
+        peers: peer names (``tfidf_lr``, ``fasttext``, ``static_lr``); fastText is skipped with a warning when not
+            installed, ``static_lr`` when no job names a teacher.
         wandb: log to W&B; None: when the jobs used the W&B logger.
+        teacher: a row for the jobs' teacher, timed when the sweep ends.
     """
 
-    def __init__(self, peers: Sequence[str] = ("tfidf_lr", "fasttext"), wandb: bool | None = None) -> None:
+    def __init__(self, peers: Sequence[str] = PEERS, wandb: bool | None = None, teacher: bool = True) -> None:
         self.peers = [str(p) for p in peers]
         self.wandb = wandb
+        self.teacher = teacher
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         with exit_on_user_error():
-            frontier_report(config.hydra.sweep.dir, self.peers, self.wandb)
+            frontier_report(config.hydra.sweep.dir, self.peers, self.wandb, teacher=self.teacher)

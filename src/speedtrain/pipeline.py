@@ -21,7 +21,7 @@ from speedtrain.fit import fit_and_evaluate
 from speedtrain.loggers import finish_wandb
 from speedtrain.resume import continue_hint, resumed_config
 from speedtrain.stopping import DEFAULT_SIGNALS, Stopped, handle_stop_signals, report
-from speedtrain.teacher_stage import ensure_teacher, prepare_distillation
+from speedtrain.teacher_stage import ensure_teacher, prepare_distillation, read_unlabeled
 from speedtrain.trainer import check_trainer
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,9 @@ def _run(cfg: DictConfig) -> float | None:
         metrics = fit_and_evaluate(cfg, datamodule, started, timings, store_teacher_as=key)
         return metrics.get(cfg.objective)
     loss = instantiate(cfg.distill.loss)  # a bad alpha/T fails before any teacher work
+    unlabeled = read_unlabeled(cfg)  # so does a bad distill.unlabeled
     teacher_dir, stage1 = ensure_teacher(cfg)
-    distill = prepare_distillation(cfg, datamodule, loss, teacher_dir, stage1)
+    distill = prepare_distillation(cfg, datamodule, loss, teacher_dir, stage1, unlabeled)
     timings["teacher_s"] = time.perf_counter() - started - timings["data_s"]  # stage 1 and the teacher outputs
     return fit_and_evaluate(cfg, datamodule, started, timings, distill=distill).get(cfg.objective)
 

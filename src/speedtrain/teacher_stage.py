@@ -17,6 +17,8 @@ from transformers import AutoConfig
 
 from speedtrain.builders import build_datamodule
 from speedtrain.data.datamodule import TextDataModule
+from speedtrain.data.sources import unlabeled as unlabeled_texts
+from speedtrain.distill.static_init import static_initializer
 from speedtrain.distill.teacher import (
     attach_teacher,
     cached_teacher,
@@ -64,18 +66,23 @@ def ensure_teacher(cfg: DictConfig) -> tuple[str, dict]:
                          "teacher/fit_s": metrics["timings"]["total_s"]}
 
 
-def prepare_distillation(cfg: DictConfig, datamodule: TextDataModule, loss, teacher_dir: str, stage1: dict) -> dict:
+def prepare_distillation(cfg: DictConfig, datamodule: TextDataModule, loss, teacher_dir: str, stage1: dict,
+                         unlabeled: list[str] | None = None) -> dict:
     """Bring the teacher's outputs (cached) or the teacher itself (online) to ``datamodule``.
 
+    Args:
+        unlabeled: the texts of ``distill.unlabeled`` (:func:`read_unlabeled`), labelled by the teacher.
+
     Returns:
-        ``teacher_dir``, the teacher's metrics (``teacher_metrics``) and the DistillModule's arguments (``module``:
-        loss, teacher, intermediate loss, sizes), as :func:`speedtrain.fit.fit_and_evaluate` takes them.
+        ``teacher_dir``, the teacher's metrics (``teacher_metrics``), the DistillModule's arguments (``module``:
+        loss, teacher, intermediate loss, sizes) and ``init`` (``model.init=teacher``: what starts the student
+        from the teacher, or None), as :func:`speedtrain.fit.fit_and_evaluate` takes them.
     """
     d = cfg.distill
     augment = OmegaConf.to_container(d.augment, resolve=True) if d.get("augment") else None
     inter = d.get("intermediate")
     if inter is not None and cfg.model.get("num_hidden_layers") is None:
-        log.warning("The student (model=%s) has no hidden layers to match the teacher's: distilling logits only "
+        log.info("The student (model=%s) has no hidden layers to match the teacher's: distilling logits only "
                     "(distill=logits)", model_name(cfg))
         inter = None
     teacher_config = None
@@ -87,12 +94,40 @@ def prepare_distillation(cfg: DictConfig, datamodule: TextDataModule, loss, teac
     # token-level intermediate terms need the teacher online; per-text ones (other tokenizers) are cached
     online = d.get("teacher_logits", "cache") == "online" or (inter is not None and shared)
     layers = tuple(pair[1] for pair in inter.layer_map) if inter is not None and not online else ()
+    init = cfg.model.get("init")  # before the transfer set joins the training split: SIF counts the data's own texts
+    init = static_initializer(init, teacher_dir, datamodule, cfg.paths.cache_dir) if init else None
+    if unlabeled and online:
+        raise UserError("distill.unlabeled needs cached teacher logits: with the teacher online (distill.teacher_logits"
+                        "=online, or token-level intermediate terms) pass distill=logits, or drop distill.unlabeled")
     metrics, teacher = attach_teacher(cfg.teacher, teacher_dir, datamodule, cfg.paths.cache_dir, augment,
-                                      online=online, hidden_layers=layers)
+                                      online=online, hidden_layers=layers, unlabeled=unlabeled,
+                                      unlabeled_weight=float(d.get("unlabeled_weight", 1.0)))
     metrics.update(stage1, **{"distill/teacher_logits": "online" if online else "cache"})
     module = {"loss": loss, "teacher": teacher, "shared_tokens": shared}
     if inter is not None:
         module["intermediate"] = instantiate(inter, _partial_=True)
         # the sizes as a dict (Hydra would convert a config object)
         module["teacher_config"] = {k: getattr(teacher_config, k) for k in ("hidden_size", "num_hidden_layers")}
-    return {"teacher_dir": teacher_dir, "teacher_metrics": metrics, "module": module}
+    return {"teacher_dir": teacher_dir, "teacher_metrics": metrics, "module": module, "init": init}
+
+
+def read_unlabeled(cfg: DictConfig) -> list[str] | None:
+    """The texts of ``distill.unlabeled`` (None when unset), read and checked before any teacher work."""
+    d = cfg.get("distill") or {}
+    if not d.get("unlabeled"):
+        return None
+    if not cfg.teacher.get("source") and not cfg.teacher.get("path"):
+        raise UserError("distill.unlabeled needs a teacher to label its texts, and teacher=none has none: pass "
+                        "teacher=minilm (or teacher.path=<folder> of a fine-tuned teacher), or drop distill.unlabeled")
+    weight = d.get("unlabeled_weight", 1.0)
+    if not isinstance(weight, (int, float)) or not weight > 0:
+        raise UserError(f"distill.unlabeled_weight={weight!r} must be a positive number (1: an unlabelled text counts "
+                        "as much as a labelled one), e.g. distill.unlabeled_weight=0.5")
+    limit = d.get("unlabeled_limit")
+    if limit is not None and (not isinstance(limit, int) or limit <= 0):
+        raise UserError(f"distill.unlabeled_limit={limit!r} must be a positive integer (or null: every text)")
+    texts = unlabeled_texts(str(d.unlabeled), column=d.get("unlabeled_column", "text"),
+                            split=d.get("unlabeled_split", "train"), config=d.get("unlabeled_config"), limit=limit,
+                            cache_dir=str(Path(cfg.paths.cache_dir).expanduser() / "datasets"))
+    log.info("distill.unlabeled: %s texts read from %s", f"{len(texts):,}", d.unlabeled)
+    return texts

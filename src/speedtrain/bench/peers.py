@@ -3,7 +3,7 @@
     peer = TfidfLogReg().fit(train_texts, train_labels, val_texts, val_labels)
     result = measure_peer(peer, test_texts, test_labels, BenchOptions())
 
-Two peers (:data:`PEERS`):
+Three peers (:data:`PEERS`):
 
 - ``tfidf_lr``: word 1–2-gram and char_wb 2–5-gram TF-IDF (sublinear tf) + logistic regression, C picked on the
   validation split (``scripts/tfidf_baseline.py`` is the same model). The vectorizer is fitted once and shared
@@ -12,6 +12,9 @@ Two peers (:data:`PEERS`):
   whitespace-normalised texts, epochs x learning rate picked on val. Needs ``pip install -e ".[peers]"``.
   On the default data (HS chapters, seeded split) val preferred char 3–6 to 2–5-grams (93.4 vs 91.5) and 100
   epochs to 50; test 90.4, TF-IDF + LR 93.25 (C=30).
+- ``static_lr``: model2vec-style, the fine-tuned teacher's frozen static table of its own vocabulary (PCA 256,
+  SIF-weighted mean of a text's pieces) + logistic regression (:mod:`speedtrain.bench.static_peer`). Needs
+  ``teacher_dir`` (``peer_kwargs``); without one it is skipped with a warning.
 
 A peer's ``predict(texts)`` includes its featurisation (TF-IDF, fastText's tokenization), so its speed compares
 with a bundle's end-to-end numbers (``Predictor``, tokenization included): :func:`measure_peer` calls
@@ -34,6 +37,7 @@ from typing import Protocol
 import numpy as np
 
 from speedtrain.bench.latency import BenchOptions, benchmark_end_to_end
+from speedtrain.bench.static_peer import StaticLogReg
 from speedtrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -195,12 +199,13 @@ class FastTextPeer:
         return np.array([int(found[0][9:]) if found else self._fallback for found in labels])  # "__label__<id>"
 
 
-PEERS = {TfidfLogReg.name: TfidfLogReg, FastTextPeer.name: FastTextPeer}
-_PACKAGES = {TfidfLogReg.name: "sklearn", FastTextPeer.name: "fasttext"}  # what each peer imports
+PEERS = {TfidfLogReg.name: TfidfLogReg, FastTextPeer.name: FastTextPeer, StaticLogReg.name: StaticLogReg}
+_PACKAGES = {TfidfLogReg.name: "sklearn", FastTextPeer.name: "fasttext", StaticLogReg.name: "sklearn"}
 
 
 def build_peer(name: str, work_dir: str | os.PathLike | None = None, **kwargs) -> Peer:
-    """An unfitted peer by its name in :data:`PEERS`; ``kwargs`` go to its class (``work_dir`` to fastText)."""
+    """An unfitted peer by its name in :data:`PEERS`; ``kwargs`` go to its class (``work_dir`` to fastText,
+    ``teacher_dir`` and ``cache_dir`` to ``static_lr``, which raises a :class:`UserError` without a teacher)."""
     if name not in PEERS:
         raise UserError(f"unknown peer {name!r}; the peers are {sorted(PEERS)}")
     require(_PACKAGES[name])  # fail before any fitting when it is not installed
@@ -250,17 +255,18 @@ def measure_peer(peer: Peer, texts: list[str], labels: list[int], options: Bench
             "fit_s": peer.fit_s, "size_mb": peer.size_mb, "params": peer.params, "choice": peer.choice}
 
 
-def fit_and_measure(names: Sequence[str], splits, options: BenchOptions,
-                    work_dir: str | os.PathLike | None = None) -> list[dict]:
+def fit_and_measure(names: Sequence[str], splits, options: BenchOptions, work_dir: str | os.PathLike | None = None,
+                    peer_kwargs: dict[str, dict] | None = None) -> list[dict]:
     """Fit every peer in ``names`` on ``splits`` (train, pick on validation) and measure it on test.
 
-    A peer whose package is not installed is skipped with a warning; an unknown name raises :class:`UserError`
-    before anything is fitted.
+    A peer whose package is not installed (or ``static_lr`` without a teacher) is skipped with a warning; an
+    unknown name raises :class:`UserError` before anything is fitted.
 
     Args:
         splits: a mapping with ``train``/``validation``/``test``, each with ``text`` and ``label`` columns
             (``TextDataModule.splits``).
         work_dir: where fastText writes its temporary training file.
+        peer_kwargs: peer name -> arguments of its class (``{"static_lr": {"teacher_dir": ..., "cache_dir": ...}}``).
 
     Returns:
         :func:`measure_peer`'s dict of each peer, in the order of ``names``.
@@ -271,8 +277,8 @@ def fit_and_measure(names: Sequence[str], splits, options: BenchOptions,
     results = []
     for name in names:
         try:
-            peer = build_peer(name, work_dir=work_dir)
-        except UserError as err:  # its package is missing
+            peer = build_peer(name, work_dir=work_dir, **(peer_kwargs or {}).get(name, {}))
+        except UserError as err:  # its package (or static_lr's teacher) is missing
             log.warning("peer %s skipped: %s", name, err)
             continue
         train, val, test = (splits[s] for s in ("train", "validation", "test"))

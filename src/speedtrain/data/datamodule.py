@@ -141,9 +141,10 @@ class TextDataModule(pl.LightningDataModule):
         self.encoded["train"] = datasets.concatenate_datasets([self.encoded["train"], extra])
         self._tables.pop("train", None)
 
-    def attach_teacher_logits(self, logits, hidden=None) -> None:
+    def attach_teacher_logits(self, logits, hidden=None, weights=None) -> None:
         """Give every training row the teacher's logits (N_train, C) as ``teacher_logits`` and, if given, its pooled
-        hidden states (N_train, L, H) as ``teacher_hidden`` (flattened to L * H).
+        hidden states (N_train, L, H) as ``teacher_hidden`` (flattened to L * H) and a loss weight (N_train,)
+        as ``sample_weight``.
 
         The arrays stay in memory as numpy; the training split gets a ``row`` index column and the collator
         gathers the batch's rows (converting ~1,200 floats a row to Arrow and back cost more than the student step).
@@ -152,6 +153,8 @@ class TextDataModule(pl.LightningDataModule):
         self.teacher_arrays = {"teacher_logits": np.ascontiguousarray(logits, dtype=np.float32)}
         if hidden is not None:
             self.teacher_arrays["teacher_hidden"] = np.ascontiguousarray(hidden, np.float32).reshape(len(hidden), -1)
+        if weights is not None:
+            self.teacher_arrays["sample_weight"] = np.ascontiguousarray(weights, dtype=np.float32)
         self._tables.pop("train", None)
         train = self.encoded["train"]
         if "row" not in train.column_names:

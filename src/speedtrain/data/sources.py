@@ -131,3 +131,82 @@ def _infer_format(data_files: dict[str, str]) -> str:
             f".parquet files, or set data.format=csv|json|parquet"
         )
     return formats.pop()
+
+
+TEXT_SUFFIXES = (".txt", ".text")
+
+
+def unlabeled(
+    source: str,
+    column: str = "text",
+    split: str = "train",
+    config: str | None = None,
+    limit: int | None = None,
+    cache_dir: str | None = None,
+) -> list[str]:
+    """Bare texts for the teacher to label (``distill.unlabeled``): a local file, or a Hub dataset's column.
+
+    Args:
+        source: a CSV / JSON / JSON Lines / Parquet file (the ``column`` column), a plain-text file (one text per
+            line), or a Hugging Face Hub dataset name (``split`` / ``config``; network unless cached).
+        column: the text column of a table file or Hub dataset.
+        limit: keep the first ``limit`` texts (None: all).
+
+    Returns:
+        The non-empty texts, stripped, in file order (duplicates kept: they are dropped by the caller).
+    """
+    key = "distill.unlabeled"
+    path = Path(os.path.expanduser(str(source)))
+    suffix = path.suffix.lower()
+    looks_like_file = suffix in FORMATS or suffix in TEXT_SUFFIXES or os.sep in str(source) or path.exists()
+    if looks_like_file and not path.is_file():
+        raise UserError(f"{key}={str(source)!r}: file not found; pass an existing CSV/JSON/JSONL/Parquet/.txt file "
+                        "(one text per row) or a Hugging Face Hub dataset name")
+    if looks_like_file and path.stat().st_size == 0:
+        raise UserError(f"{key}={str(source)!r} is an empty file; give a file with one text per row")
+    if looks_like_file:
+        texts, columns = _read_texts(path, FORMATS.get(suffix), column, key)
+    else:
+        ds = datasets.load_dataset(str(source), config, split=split, cache_dir=cache_dir)
+        columns = ds.column_names
+        texts = ds[column] if column in columns else None
+    if texts is None:
+        raise UserError(f"distill.unlabeled_column={column!r} is not a column of {key}={str(source)!r}; its columns "
+                        f"are {columns}")
+    where = f"{key}={str(source)!r}" if columns is None else f"column {column!r} of {key}={str(source)!r}"
+    texts = ["" if t is None else str(t) for t in texts]
+    texts = [t.strip() for t in texts]
+    texts = [t for t in texts if t]
+    if not texts:
+        raise UserError(f"{where} holds no text; give a file with one non-empty text per row")
+    return texts[:limit] if limit is not None else texts
+
+
+def _read_texts(path: Path, builder: str | None, column: str, key: str) -> tuple[list | None, list[str] | None]:
+    """The ``column`` values of a table file (None when it has no such column) and its columns; a plain-text file's
+    lines and None. Read directly (pandas / pyarrow): nothing is written to a cache."""
+    import pandas as pd
+
+    try:
+        if builder is None:
+            return path.read_text(encoding="utf-8").splitlines(), None
+        if builder == "parquet":
+            import pyarrow.parquet as pq
+
+            columns = pq.read_schema(path).names
+            return (pq.read_table(path, columns=[column]).column(column).to_pylist() if column in columns
+                    else None), columns
+        if builder == "csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        else:  # JSON Lines, or one JSON array of records
+            try:
+                frame = pd.read_json(path, lines=True, dtype=False)
+            except ValueError:
+                frame = pd.read_json(path, dtype=False)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{key}={str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+                        ) from err
+    except Exception as err:  # pandas / pyarrow raise many types for an unreadable file
+        raise UserError(f"{key}={str(path)!r} could not be read as {builder or 'text'}: {err}") from err
+    columns = [str(c) for c in frame.columns]
+    return (frame[column].tolist() if column in columns else None), columns

@@ -56,9 +56,11 @@ class KDLoss(nn.Module):
         self.alpha, self.temperature = alpha, temperature
 
     def forward(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+        weights: torch.Tensor | None = None,
     ) -> KDLossOutput:
-        """Args: student_logits (B, C), teacher_logits (B, C), labels (B,) class ids.
+        """Args: student_logits (B, C), teacher_logits (B, C), labels (B,) class ids, and optionally a weight per
+        row (B,) (``distill.unlabeled_weight``): the terms are then weighted means over the batch.
 
         Returns:
             :class:`KDLossOutput` of scalars; the KL is averaged over the batch ("batchmean").
@@ -66,6 +68,13 @@ class KDLoss(nn.Module):
         s = student_logits.float()
         t = teacher_logits.float().detach()
         temp = self.temperature
+        if weights is not None:
+            w = weights.float() / weights.float().sum().clamp(min=1e-12)
+            kl = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True,
+                          reduction="none").sum(-1)
+            kd = (kl * w).sum() * temp**2
+            ce = (F.cross_entropy(s, labels, reduction="none") * w).sum()
+            return KDLossOutput(self.alpha * kd + (1.0 - self.alpha) * ce, kd, ce)
         kd = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True,
                       reduction="batchmean") * temp**2
         ce = F.cross_entropy(s, labels)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 # Trainer settings that change what a fine-tuning run learns (the rest: logging, progress bars, ...)
 TRAINER_KEYS = ("max_epochs", "max_steps", "limit_train_batches", "overfit_batches", "fast_dev_run",
                 "accumulate_grad_batches", "gradient_clip_val", "precision", "devices", "num_nodes")
+log = logging.getLogger(__name__)
+
 MARKER = "speedtrain_teacher.json"  # written last into a cached teacher folder: its metrics and key
 
 
@@ -110,6 +113,7 @@ def store_teacher(model_dir: str | Path, cache_dir: str | Path, key: str, metric
 def attach_teacher(
     teacher_cfg: DictConfig, path: str | Path, datamodule: TextDataModule, cache_dir: str,
     augment: dict | None = None, online: bool = False, hidden_layers: tuple[int, ...] = (),
+    unlabeled: list[str] | None = None, unlabeled_weight: float = 1.0,
 ) -> tuple[dict, PreTrainedModel | None]:
     """Bring the teacher's knowledge of the training inputs into ``datamodule``; return its metrics.
 
@@ -121,6 +125,10 @@ def attach_teacher(
             itself is returned, to run every step.
         hidden_layers: teacher layers whose pooled hidden states are cached beside the logits
             (``teacher_hidden``), for intermediate distillation without the teacher online.
+        unlabeled: bare texts (``distill.unlabeled``) the teacher labels (cached like the rest); they join the
+            training split with the teacher's logits and its top class as the label, each weighing
+            ``unlabeled_weight`` in the loss against 1 for a labelled input (``sample_weight``). Texts of any
+            split are dropped first (no test text is trained on), and repeats.
 
     With a ``teacher_cfg.ngram`` node (``teacher=ensemble``) the cached logits are the combination of the
     transformer's with an n-gram model's (:func:`~speedtrain.distill.ngram_teacher.ensemble_logits`), and
@@ -128,7 +136,8 @@ def attach_teacher(
 
     Returns:
         ``teacher/val_acc``, ``teacher/test_acc``, ``teacher/params``, ``teacher/logits_from_cache``,
-        ``distill/transfer_set`` (training inputs including the variants); and the teacher when ``online``.
+        ``distill/transfer_set`` (training inputs including the variants and unlabelled texts),
+        ``distill/unlabeled`` (unlabelled texts used); and the teacher when ``online``.
     """
     ngram = teacher_cfg.get("ngram")
     if ngram and online:
@@ -173,9 +182,40 @@ def attach_teacher(
         outputs["logits"], ensemble = ensemble_logits(node, teacher_cfg.seed, datamodule.splits, variants,
                                                       {**evaluated, "train": outputs["logits"]}, cache_dir)
         metrics.update(ensemble, **{"teacher/params": metrics["teacher/params"] + ensemble["teacher/ngram_params"]})
-    datamodule.attach_teacher_logits(outputs["logits"], outputs.get("hidden"))
+    weights = None
+    if unlabeled:
+        bare = new_texts(unlabeled, datamodule.splits)
+        if not bare:
+            raise UserError(f"every one of the {len(unlabeled):,} texts of distill.unlabeled is already in the data "
+                            "(train, validation or test): give other texts")
+        if ngram:
+            log.warning("teacher=ensemble: the unlabelled texts are labelled by the transformer alone")
+        extra, extra_cached = outputs_of(bare, hidden_layers)
+        cached = cached and extra_cached
+        datamodule.add_train_texts(bare, extra["logits"].argmax(1).tolist())
+        weights = np.concatenate([np.ones(len(outputs["logits"]), np.float32),
+                                  np.full(len(bare), unlabeled_weight, np.float32)])
+        outputs = {k: np.concatenate([v, extra[k]]) for k, v in outputs.items()}
+        metrics["distill/unlabeled"] = len(bare)
+        metrics["distill/transfer_set"] += len(bare)
+        log.info("distill.unlabeled: %s texts labelled by the teacher join the %s training inputs (weight %g)",
+                 f"{len(bare):,}", f"{len(texts_all):,}", unlabeled_weight)
+    datamodule.attach_teacher_logits(outputs["logits"], outputs.get("hidden"), weights)
     metrics["teacher/logits_from_cache"] = cached
     return metrics, None
+
+
+def new_texts(texts: list[str], splits) -> list[str]:
+    """``texts`` without those of any split of ``splits`` and without repeats, in their order."""
+    seen = set()
+    for ds in splits.values():
+        seen.update(ds["text"])
+    out = []
+    for text in texts:
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out
 
 
 def student_vs_teacher(student: dict, teacher: dict) -> dict:

@@ -104,7 +104,7 @@ class DistillModule(ClassifierModule):
                                          attention_mask=batch["teacher_attention_mask"],
                                          output_hidden_states=inter is not None, output_attentions=attentions)
             teacher_logits = t_out.logits
-        kd = self.kd(logits, teacher_logits, batch["labels"])
+        kd = self.kd(logits, teacher_logits, batch["labels"], batch.get("sample_weight"))
         loss = kd.loss
         parts = {"train/kd_loss": kd.kd_loss, "train/ce_loss": kd.ce_loss}
         if inter is not None and "teacher_hidden" in batch:  # cached per-text teacher states (B, L * H_t)

@@ -86,6 +86,28 @@ class StaticForSequenceClassification(PreTrainedModel):
             nn.init.normal_(module.weight, std=0.02)
             nn.init.zeros_(module.bias)
 
+    @torch.no_grad()
+    def load_teacher_table(self, table: torch.Tensor, log_weights: torch.Tensor | None = None,
+                           ngram_log_weight: float = 0.0) -> None:
+        """Start from a teacher's piece vectors (:mod:`speedtrain.models.static_init`) instead of noise.
+
+        Args:
+            table: (vocab_size, hidden_size) piece vectors; the hashed n-gram rows become 0 (they add nothing
+                until trained).
+            log_weights: (vocab_size,) initial log-importance of each piece (``pooling=weighted``), e.g. SIF
+                weights; the n-gram rows get ``ngram_log_weight``.
+        """
+        cfg = self.config
+        if tuple(table.shape) != (cfg.vocab_size, cfg.hidden_size):
+            raise ValueError(f"table of shape {tuple(table.shape)} for a {cfg.vocab_size} x {cfg.hidden_size} vocabulary")
+        weight = self.embeddings.weight
+        weight[: cfg.vocab_size] = table.to(weight)
+        weight[cfg.vocab_size :] = 0.0
+        weight[cfg.pad_token_id] = 0.0
+        if self.importance is not None and log_weights is not None:
+            self.importance.weight[: cfg.vocab_size, 0] = log_weights.to(weight).clamp(-4.0, 4.0)
+            self.importance.weight[cfg.vocab_size :, 0] = ngram_log_weight
+
     def grams(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of the table to average and their weights: the pieces, then each n-gram hashed into the buckets.
 
