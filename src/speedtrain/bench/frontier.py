@@ -2,21 +2,22 @@
 
     paths = write_frontier(sweep_dir, rows, batch=256)
 
-A row is one trained model (one seed of a student, or a peer)::
+A row is one trained model (one seed of a student, the teacher, or a peer)::
 
-    model        model family ("bert_tiny") or peer name ("tfidf_lr", "fasttext")
-    kind         "student" | "peer"
-    seed         the training seed (None for a peer)
+    model        model family ("bert_tiny"), the teacher's source ("minilm") or peer name ("tfidf_lr", "static_lr")
+    kind         "student" | "teacher" | "peer"
+    seed         the training seed (the teacher's ``teacher.seed``; None for a peer)
     test_acc     test accuracy, points
     texts_per_s  texts/s at the largest benchmark batch, all cores, tokenization included
     p50_ms       batch-1 latency, one thread, tokenization included
     params       learned numbers (None when unknown)
     speed        "e2e" (with tokenization) or "model" (model time only: marked † in the table)
-    ...          anything else (batch, variant, job, fit_s, size_mb): kept in the csv
+    ...          anything else (batch, variant, job, fit_s, size_mb, teacher_dir): kept in the csv
 
 The csv keeps one row per seed; the markdown table and the plot aggregate the seeds of a model (mean ± sample
 std). A model is on the Pareto frontier when no other model is at least as accurate and at least as fast and
-better in one of the two (on the means).
+better in one of the two (on the means). The teacher is a model like the others: on the frontier when it is the
+most accurate (the ceiling); the plot marks it ★ with its accuracy as a dotted line.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 FASTTEXT = "fasttext"
 TFIDF_LR = "tfidf_lr"
 COLUMNS = ["model", "kind", "seed", "test_acc", "texts_per_s", "p50_ms", "params"]
+MARKERS = {"student": "o", "peer": "s", "teacher": "*"}
 
 
 def aggregate(rows: Sequence[dict]) -> list[dict]:
@@ -80,8 +82,9 @@ def markdown_table(rows: Sequence[dict], batch: int | None = None) -> str:
     lines = ["# Accuracy–speed frontier", "",
              f"texts/s: {'batch ' + str(batch) if batch else 'the largest benchmark batch'}, all cores; p50: batch 1, "
              "one thread; both with tokenization / featurisation. Students: the bundle's fast variant through the "
-             "Predictor; mean ± std over seeds. **Bold**: on the Pareto frontier (no other model is both at least "
-             "as accurate and at least as fast).", "",
+             "Predictor; mean ± std over seeds. Teacher: its tokenizer + PyTorch eager, timed in the report's "
+             "process. **Bold**: on the Pareto frontier (no other model is both at least as accurate and at least "
+             "as fast).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
     for e in entries:
         name = f"**{e['model']}**" if e["front"] else e["model"]
@@ -121,7 +124,8 @@ def _params(value: int | None) -> str:
 
 
 def plot(rows: Sequence[dict], path: str | Path, batch: int | None = None) -> None:
-    """Accuracy vs texts/s (log x): students ●, peers ■, error bars over seeds, the Pareto frontier as steps."""
+    """Accuracy vs texts/s (log x): students ●, peers ■, the teacher ★ (its accuracy dotted across), error bars
+    over seeds, the Pareto frontier as steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,10 +134,12 @@ def plot(rows: Sequence[dict], path: str | Path, batch: int | None = None) -> No
     entries = [e for e in _with_front(aggregate(rows)) if e["acc"] is not None and e["texts_per_s"] is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, e in enumerate(entries):
-        student = e["kind"] == "student"
+        color = plt.get_cmap("tab10")(i % 10)
         ax.errorbar(e["texts_per_s"], e["acc"], xerr=e["texts_per_s_std"] or None, yerr=e["acc_std"] or None,
-                    fmt="o" if student else "s", markersize=7, color=plt.get_cmap("tab10")(i % 10), capsize=3,
-                    label=f"{e['model']} ({e['kind']})")
+                    fmt=MARKERS.get(e["kind"], "s"), markersize=12 if e["kind"] == "teacher" else 7, color=color,
+                    capsize=3, label=f"{e['model']} ({e['kind']})")
+        if e["kind"] == "teacher":
+            ax.axhline(e["acc"], color=color, linestyle=":", linewidth=1)
         ax.annotate(e["model"], (e["texts_per_s"], e["acc"]), fontsize=8, xytext=(5, 5), textcoords="offset points")
     front = sorted((e["texts_per_s"], e["acc"]) for e in entries if e["front"])
     if front:
