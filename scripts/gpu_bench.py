@@ -65,7 +65,8 @@ def most_steps(args) -> int:
 def overrides(kind: str, devices: int, trainer: str, batch: int, steps: int, out_dir: str) -> list[str]:
     """The speedtrain config of a row: the experiment and trainer a user types, shrunk to train steps only."""
     rows = [
-        "+experiment=distill", f"trainer={trainer}", f"trainer.devices={devices}", f"data.batch_size={batch}",
+        "+experiment=distill", "model=bert_tiny", f"trainer={trainer}", f"trainer.devices={devices}",
+        f"data.batch_size={batch}",
         "distill=logits", "distill.augment.copies=0", "logger=none", "export.enabled=false", "test=false",
         f"trainer.max_steps={steps}", "trainer.max_epochs=-1", "trainer.limit_val_batches=0",
         "trainer.num_sanity_val_steps=0", "trainer.enable_model_summary=false", "~callbacks.model_checkpoint",

@@ -28,7 +28,8 @@ TINY_RUN = [
     "trainer.enable_model_summary=false",
     "export.enabled=false",  # the export tests turn it on (EXPORT_TINY)
 ]
-TINY_STUDENT = [
+TINY_STUDENT = [  # a 1-layer bert_tiny (+experiment=distill would pick model=static)
+    "model=bert_tiny",
     "model.num_hidden_layers=1",
     "model.hidden_size=32",
     "model.num_attention_heads=2",
@@ -46,7 +47,7 @@ EXPORT_TINY = [
     "export.bench.throughput_time_s=0.02",
 ]
 # +experiment=distill (distill=logits_hidden) with a layer map that the 1-layer tiny teacher has
-DISTILL_TINY = ["+experiment=distill", "model=bert_tiny", "distill.intermediate.layer_map=[[0,0],[1,1]]"]
+DISTILL_TINY = ["+experiment=distill", "distill.intermediate.layer_map=[[0,0],[1,1]]"]
 
 
 @pytest.fixture(scope="session", autouse=True)

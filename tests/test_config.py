@@ -93,7 +93,8 @@ def test_distill_experiment_and_stage1_config(tmp_path):
     cfg = compose_config(["+experiment=distill", f"paths.output_dir={tmp_path}"])
     assert cfg.module._target_ == "speedtrain.lit.distill.DistillModule" and cfg.distill.loss.temperature == 1.0
     assert cfg.distill.intermediate.layer_map == [[0, 0], [1, 3], [2, 6]] and cfg.distill.augment.copies == 2
-    assert cfg.teacher.path is None and cfg.teacher.source == "minilm" and cfg.model.hidden_size == 128
+    assert cfg.teacher.path is None and cfg.teacher.source == "minilm"
+    assert cfg.model.family == "static" and cfg.model.init == "teacher"  # the frontier's winner, from the teacher
     stage1 = teacher_run_config(cfg, tmp_path / "teacher")
     assert stage1.module._target_ == "speedtrain.lit.classifier.ClassifierModule" and stage1.distill is None
     assert stage1.model.source == "minilm" and stage1.tokenizer.pretrained == "minilm"
