@@ -61,6 +61,11 @@ def _files(tmp_path: Path, rows, **extra) -> list[str]:
     return args
 
 
+def _touch(path):
+    path.touch()
+    return path
+
+
 BAD_INPUTS = {
     "missing_file": (lambda t, r: ["data=files", f"data.train={t / 'nope.csv'}"], r"data.train='.*nope.csv': file not found"),
     "unknown_format": (lambda t, r: ["data=files", f"data.train={write_csv(t / 'x.xlsx', r)}"], r"file extension\(s\) \['.xlsx'\]"),
@@ -80,6 +85,15 @@ BAD_INPUTS = {
     "kd_temperature": (lambda t, r: ["+experiment=distill", "distill.loss.temperature=0"],
                        r"distill.temperature=0(\.0)? must be positive"),
     "teacher_path": (lambda t, r: ["+experiment=distill", f"teacher.path={t}"], "no Hugging Face model folder there"),
+    "unlabeled_missing": (lambda t, r: ["+experiment=distill", f"distill.unlabeled={t / 'nope.csv'}"],
+                          r"distill.unlabeled='.*nope.csv': file not found"),
+    "unlabeled_empty": (lambda t, r: ["+experiment=distill", f"distill.unlabeled={_touch(t / 'bare.txt')}"],
+                        r"distill.unlabeled='.*bare.txt' is an empty file"),
+    "unlabeled_column": (lambda t, r: ["+experiment=distill", f"distill.unlabeled={write_csv(t / 'u.csv', r)}"],
+                         r"distill.unlabeled_column='text' is not a column of .* its columns are \['title', 'cat'\]"),
+    "unlabeled_no_teacher": (lambda t, r: ["+experiment=distill", "teacher=none",
+                                           f"distill.unlabeled={write_csv(t / 'u.csv', r)}"],
+                             "distill.unlabeled needs a teacher to label its texts"),
     "export_variant": (lambda t, r: ["export.enabled=true", "export.variants=[onnx,tflite]"],
                        r"export.variants: unknown \['tflite'\]"),
     "parity_budget": (lambda t, r: ["export.enabled=true", "export.parity_budget=-1"],
@@ -99,6 +113,8 @@ def test_bad_input_one_message_exit_2(case, tmp_path, product_rows, monkeypatch,
     errors = [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
     assert len(errors) == 1 and errors[0].startswith("speedtrain: error: "), err
     assert re.search(message, errors[0]), err
+    run = tmp_path / "run"  # nothing half-written: no checkpoint, metrics or model
+    assert not any((run / name).exists() for name in ("checkpoints", "metrics.json", "model", "teacher")), case
 
 
 def test_unknown_config_choice(tmp_path):

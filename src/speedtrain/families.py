@@ -40,7 +40,7 @@ def builder_config(model: DictConfig) -> DictConfig:
     ``init`` (what a distillation run starts the student from: :mod:`speedtrain.distill.static_init`)."""
     node = model.copy()
     with open_dict(node):
-        for key in ("family", "recipe", "init"):
+        for key in ("family", "recipe", "init", "init_scale", "init_importance"):
             node.pop(key, None)
     return node
 

@@ -95,7 +95,9 @@ def prepare_distillation(cfg: DictConfig, datamodule: TextDataModule, loss, teac
     online = d.get("teacher_logits", "cache") == "online" or (inter is not None and shared)
     layers = tuple(pair[1] for pair in inter.layer_map) if inter is not None and not online else ()
     init = cfg.model.get("init")  # before the transfer set joins the training split: SIF counts the data's own texts
-    init = static_initializer(init, teacher_dir, datamodule, cfg.paths.cache_dir) if init else None
+    init = static_initializer(init, teacher_dir, datamodule, cfg.paths.cache_dir,
+                              scale=float(cfg.model.get("init_scale", 1.0)),
+                              importance=str(cfg.model.get("init_importance", "uniform"))) if init else None
     if unlabeled and online:
         raise UserError("distill.unlabeled needs cached teacher logits: with the teacher online (distill.teacher_logits"
                         "=online, or token-level intermediate terms) pass distill=logits, or drop distill.unlabeled")

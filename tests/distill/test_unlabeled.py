@@ -28,7 +28,7 @@ STATIC = ["model=static", "model.hidden_size=16", "model.buckets=2048", "tokeniz
 
 def test_static_table_rows_are_the_teachers_piece_vectors(tmp_path, fine_tuned_teacher):
     cfg = compose_config([*TINY_RUN, *STATIC, "+experiment=distill", f"teacher.path={fine_tuned_teacher}",
-                          "distill.augment.copies=0", f"paths.output_dir={tmp_path}"])
+                          "distill.augment.copies=0", "model.init_importance=sif", f"paths.output_dir={tmp_path}"])
     datamodule = build_datamodule(cfg)
     datamodule.prepare()
     init = prepare_distillation(cfg, datamodule, KDLoss(), str(fine_tuned_teacher), {})["init"]

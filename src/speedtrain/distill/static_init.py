@@ -32,6 +32,7 @@ from speedtrain.models.teacher import load_classifier, load_tokenizer
 log = logging.getLogger(__name__)
 
 INITS = ("random", "teacher")
+IMPORTANCES = ("uniform", "sif")
 
 
 def teacher_piece_table(teacher_dir: str | Path, pieces: list[str], cache_dir: str | Path, num_labels: int,
@@ -51,17 +52,23 @@ def teacher_piece_table(teacher_dir: str | Path, pieces: list[str], cache_dir: s
 
 
 def static_initializer(init: str, teacher_dir: str | Path, datamodule: TextDataModule, cache_dir: str | Path,
-                       scale: float = 0.1, ngram_log_weight: float = -4.0) -> Callable | None:
+                       scale: float = 1.0, importance: str = "uniform", ngram_log_weight: float = 0.0) -> Callable | None:
     """What ``model.init`` does to a freshly built static student: None for ``random``, else a function that
     loads the teacher table into the model.
 
     Args:
-        scale: root mean square of the table's entries after PCA.
+        scale: root mean square of the table's entries after PCA (``model.init_scale``).
+        importance: ``uniform`` (every row starts at the plain mean, as a random start does) or ``sif`` (a piece
+            starts at its SIF weight, so frequent pieces count less) (``model.init_importance``).
         ngram_log_weight: initial log-importance of the hashed n-gram rows (their vectors start at 0).
     """
     if init not in INITS:
         raise UserError(f"model.init={init!r} must be one of {list(INITS)} (teacher: start the table from the "
                         "teacher's piece vectors)")
+    if importance not in IMPORTANCES:
+        raise UserError(f"model.init_importance={importance!r} must be one of {list(IMPORTANCES)}")
+    if not scale > 0:
+        raise UserError(f"model.init_scale={scale!r} must be positive (the table's root mean square), e.g. 1.0")
     if init == "random":
         return None
     tokenizer = datamodule.tokenizer
@@ -79,8 +86,9 @@ def static_initializer(init: str, teacher_dir: str | Path, datamodule: TextDataM
         seen = np.flatnonzero(vectors.any(1))
         table = pca(vectors, width, rows=seen)
         table *= scale / max(float(np.sqrt((table[seen] ** 2).mean())), 1e-12)
-        model.load_teacher_table(torch.from_numpy(table), torch.from_numpy(log_weights), ngram_log_weight)
-        log.info("model.init=teacher: %d piece vectors of the teacher, PCA %d -> %d, SIF importances",
-                 len(pieces), vectors.shape[1], width)
+        weights = torch.from_numpy(log_weights) if importance == "sif" else torch.zeros(len(pieces))
+        model.load_teacher_table(torch.from_numpy(table), weights, ngram_log_weight)
+        log.info("model.init=teacher: %d piece vectors of the teacher, PCA %d -> %d (RMS %g), %s importances",
+                 len(pieces), vectors.shape[1], width, scale, importance)
 
     return apply
