@@ -130,3 +130,24 @@ def test_weighted_kd_loss_is_the_weighted_mean_of_rows():
     assert torch.allclose(loss(s, t, y, torch.ones(6)).loss, loss(s, t, y).loss, atol=1e-6)
     dropped = loss(s, t, y, torch.tensor([1.0, 1, 1, 1, 0, 0])).loss
     assert torch.allclose(dropped, loss(s[:4], t[:4], y[:4]).loss, atol=1e-6)
+
+
+def test_unlabeled_texts_from_the_hub(monkeypatch):
+    """A name that is not a file is a Hub dataset (no network here: ``load_dataset`` is replaced)."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(name, config=None, split=None, cache_dir=None):
+        calls.append((name, config, split))
+        if name != "user/reviews":
+            raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub")
+        return datasets.Dataset.from_dict({"review": ["good film", "", "bad film"], "stars": [5, 1, 1]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert unlabeled("user/reviews", column="review", split="unsupervised", config="en") == ["good film", "bad film"]
+    assert calls == [("user/reviews", "en", "unsupervised")]
+    with pytest.raises(UserError, match=r"distill.unlabeled_column='text' is not a column .*\['review', 'stars'\]"):
+        unlabeled("user/reviews")
+    with pytest.raises(UserError, match="distill.unlabeled='nobody/nothing' is neither a file nor a Hugging Face Hub"):
+        unlabeled("nobody/nothing")

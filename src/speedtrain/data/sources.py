@@ -158,7 +158,9 @@ def unlabeled(
     key = "distill.unlabeled"
     path = Path(os.path.expanduser(str(source)))
     suffix = path.suffix.lower()
-    looks_like_file = suffix in FORMATS or suffix in TEXT_SUFFIXES or os.sep in str(source) or path.exists()
+    # a Hub name is "name" or "owner/name": anything with a file suffix, an absolute or ./ path, or a file is a file
+    looks_like_file = (suffix in FORMATS or suffix in TEXT_SUFFIXES or path.exists()
+                       or str(source).startswith(("/", "./", "../", "~")))
     if looks_like_file and not path.is_file():
         raise UserError(f"{key}={str(source)!r}: file not found; pass an existing CSV/JSON/JSONL/Parquet/.txt file "
                         "(one text per row) or a Hugging Face Hub dataset name")
@@ -167,7 +169,11 @@ def unlabeled(
     if looks_like_file:
         texts, columns = _read_texts(path, FORMATS.get(suffix), column, key)
     else:
-        ds = datasets.load_dataset(str(source), config, split=split, cache_dir=cache_dir)
+        try:
+            ds = datasets.load_dataset(str(source), config, split=split, cache_dir=cache_dir)
+        except Exception as err:  # no such dataset, split or config; no network and not cached
+            raise UserError(f"{key}={str(source)!r} is neither a file nor a Hugging Face Hub dataset that loads here "
+                            f"(split {split!r}, config {config!r}): {type(err).__name__}: {err}") from err
         columns = ds.column_names
         texts = ds[column] if column in columns else None
     if texts is None:
