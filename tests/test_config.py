@@ -102,3 +102,16 @@ def test_distill_experiment_and_stage1_config(tmp_path):
     assert stage1.module.optimizer.lr == 5e-4 and stage1.paths.output_dir == str(tmp_path / "teacher")
     assert stage1.callbacks.model_checkpoint.dirpath == str(tmp_path / "teacher" / "checkpoints")
     assert "loss" not in stage1.module
+
+
+def test_stage1_takes_more_epochs_on_small_data_and_keeps_its_key_where_that_changes_nothing(tmp_path):
+    """teacher.min_steps: 490 texts of batch 32 are 16 steps an epoch, so 4 epochs become 32; the teacher key
+    counts the epochs made, not min_steps itself."""
+    from speedtrain.distill.teacher import teacher_key, teacher_run_config
+    from speedtrain.trainer import fit_epochs
+
+    stage1 = teacher_run_config(compose_config(["+experiment=distill", f"paths.output_dir={tmp_path}"]), tmp_path)
+    assert stage1.trainer.min_steps == 500 and stage1.trainer.max_epochs == 4
+    assert fit_epochs(stage1, 490) == 32 and fit_epochs(stage1, 4486) == 4
+    assert teacher_key(stage1, "d", fit_epochs(stage1, 4486)) == teacher_key(stage1, "d", 4)
+    assert teacher_key(stage1, "d", fit_epochs(stage1, 490)) != teacher_key(stage1, "d", 4)

@@ -22,7 +22,7 @@ from speedtrain.loggers import finish_wandb
 from speedtrain.resume import continue_hint, resumed_config
 from speedtrain.stopping import DEFAULT_SIGNALS, Stopped, handle_stop_signals, report
 from speedtrain.teacher_stage import ensure_teacher, prepare_distillation, read_unlabeled
-from speedtrain.trainer import check_trainer
+from speedtrain.trainer import check_trainer, fit_epochs
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _run(cfg: DictConfig) -> float | None:
     timings = {"data_s": time.perf_counter() - started}
     if not cfg.get("distill"):
         store = is_teacher_run(cfg) and cfg.teacher.get("cache", True)
-        key = teacher_key(cfg, datamodule.data_digest) if store else None
+        key = teacher_key(cfg, datamodule.data_digest, fit_epochs(cfg, len(datamodule.encoded["train"]))) if store else None
         metrics = fit_and_evaluate(cfg, datamodule, started, timings, store_teacher_as=key)
         return metrics.get(cfg.objective)
     loss = instantiate(cfg.distill.loss)  # a bad alpha/T fails before any teacher work

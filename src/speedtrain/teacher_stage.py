@@ -29,6 +29,7 @@ from speedtrain.errors import UserError
 from speedtrain.families import model_name
 from speedtrain.fit import fit_and_evaluate
 from speedtrain.models.teacher import load_tokenizer, resolve_source
+from speedtrain.trainer import fit_epochs
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def ensure_teacher(cfg: DictConfig) -> tuple[str, dict]:
     teacher_data = build_datamodule(teacher_cfg)
     teacher_data.prepare()
     timings = {"data_s": time.perf_counter() - started}
-    key = teacher_key(teacher_cfg, teacher_data.data_digest)
+    key = teacher_key(teacher_cfg, teacher_data.data_digest, fit_epochs(teacher_cfg, len(teacher_data.encoded["train"])))
     found = cached_teacher(cfg.paths.cache_dir, key) if t.get("cache", True) else None
     if found is not None:
         log.info("Using the cached teacher %s", found)

@@ -143,6 +143,11 @@ def build_trainer(cfg: DictConfig, prefix: str = "", extra_callbacks: list | Non
     return trainer
 
 
+def fit_epochs(cfg: DictConfig, train_rows: int) -> int | None:
+    """The epochs a fit of ``cfg`` on ``train_rows`` training inputs makes (``trainer.min_steps`` counted)."""
+    return epochs_for_min_steps(cfg.trainer, train_rows, int(cfg.data.batch_size))
+
+
 def epochs_for_min_steps(trainer: DictConfig, train_rows: int | None, batch_size: int) -> int | None:
     """``trainer.max_epochs``, raised so that the run makes at least ``trainer.min_steps`` optimizer steps.
 

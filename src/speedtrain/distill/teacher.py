@@ -73,8 +73,16 @@ def is_teacher_run(cfg: DictConfig) -> bool:
             and bool(cfg.teacher.get("source")) and model.get("source") == cfg.teacher.source)
 
 
-def teacher_key(cfg: DictConfig, data_digest: str) -> str:
-    """The cache key of the teacher that the run config ``cfg`` (stage 1 or ``+experiment=teacher``) fine-tunes."""
+def teacher_key(cfg: DictConfig, data_digest: str, epochs: int | None = None) -> str:
+    """The cache key of the teacher that the run config ``cfg`` (stage 1 or ``+experiment=teacher``) fine-tunes.
+
+    ``epochs``: the epochs the fit makes (``trainer.min_steps`` raises ``max_epochs`` on small data:
+    :func:`~speedtrain.trainer.epochs_for_min_steps`), in place of ``trainer.max_epochs``; so a teacher keeps its
+    key where ``min_steps`` changes nothing.
+    """
+    trainer = {k: cfg.trainer.get(k) for k in TRAINER_KEYS}
+    if epochs is not None:
+        trainer["max_epochs"] = epochs
     source = resolve_source(cfg.model.source)
     parts = {
         "weights": weights_digest(source) if Path(source).is_dir() else source,
@@ -82,7 +90,7 @@ def teacher_key(cfg: DictConfig, data_digest: str) -> str:
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "loader": {k: cfg.data.get(k) for k in ("batch_size", "max_length", "group_by_length")},
         "module": OmegaConf.to_container(cfg.module, resolve=True),
-        "trainer": {k: cfg.trainer.get(k) for k in TRAINER_KEYS},
+        "trainer": trainer,
         "seed": cfg.seed,
     }
     parts["model"].pop("source")  # covered by the weights digest (a folder may move)
