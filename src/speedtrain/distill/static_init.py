@@ -2,10 +2,11 @@
 
 Every piece of the student's vocabulary gets the fine-tuned teacher's vector of that piece
 (:func:`speedtrain.models.static_init.piece_vectors`: the teacher reads the piece alone), reduced to the student's
-width by PCA and scaled to ``scale`` (root mean square per entry); its initial importance (``pooling=weighted``) is
-its SIF weight in the training split (frequent pieces count less). Hashed n-gram rows start at zero with a low
-importance, so at the start a text is the SIF-weighted mean of its pieces' teacher vectors — model2vec's model —
-and training moves from there.
+width by PCA and scaled to ``scale`` (root mean square per entry). Its initial importance (``pooling=weighted``)
+is uniform (the plain mean, as a random start) or, with ``importance=sif``, its SIF weight in the training split
+(frequent pieces count less). Hashed n-gram rows start neutral: zero vectors at importance 0. An n-gram row
+started at a low importance (e^-4) barely learns, since an importance's gradient scales with its weight: that
+start lost 1.2 val points (docs/distillation.md). Training moves on from there.
 
 The teacher's piece vectors are cached under ``<cache_dir>/tables/<key>.npy`` (key: the teacher's weights and
 the student's vocabulary), so a seed sweep computes them once.
