@@ -60,9 +60,9 @@ def test_one_token_has_no_ngrams():
     torch.testing.assert_close(_logits(model, ids, torch.ones_like(ids)), expected)
 
 
-@pytest.mark.parametrize("ngram", [1, 2, 3])
-def test_padding_does_not_change_the_logits(ngram):
-    model = _model(ngram=ngram)
+@pytest.mark.parametrize("ngram,conv", [(1, 0), (2, 0), (3, 0), (2, 8)])
+def test_padding_does_not_change_the_logits(ngram, conv):
+    model = _model(ngram=ngram, conv_channels=conv)
     ids = torch.tensor([[2, 11, 12, 13, 3]])
     alone = _logits(model, ids, torch.ones_like(ids))
     padded = torch.cat([ids, torch.zeros(1, 6, dtype=torch.long)], 1)
@@ -77,6 +77,21 @@ def test_word_order_matters_with_bigrams_only():
     unigram, bigram = _model(ngram=1), _model(ngram=2)
     torch.testing.assert_close(_logits(unigram, ids, mask), _logits(unigram, swapped, mask))
     assert not torch.allclose(_logits(bigram, ids, mask), _logits(bigram, swapped, mask))
+
+
+def test_convolution_reads_order_beyond_the_ngrams_and_joins_the_bag():
+    """static_conv: ReLU(conv over the pieces' vectors), max over the text, beside the bag's mean, then the head."""
+    model = _model(ngram=1, conv_channels=8, conv_kernel=3)
+    ids, swapped = torch.tensor([[2, 11, 12, 13, 3]]), torch.tensor([[2, 13, 12, 11, 3]])
+    mask = torch.ones_like(ids)
+    assert not torch.allclose(_logits(model, ids, mask), _logits(model, swapped, mask))  # unigrams alone: equal
+    vectors = model.embeddings.weight[ids[0]]  # (T, D)
+    padded = torch.cat([torch.zeros(1, 16), vectors, torch.zeros(1, 16)])  # the convolution's zero padding
+    windows = torch.stack([padded[t:t + 3].T.reshape(-1) for t in range(5)])  # (T, D * 3), channel-major like Conv1d
+    maps = torch.relu(windows @ model.conv.weight.reshape(8, -1).T + model.conv.bias)  # (T, K)
+    features = torch.cat([vectors.mean(0), maps.max(0).values])[None]
+    torch.testing.assert_close(_logits(model, ids, mask), model.classifier(features).detach())
+    assert model.classifier.in_features == 16 + 8
 
 
 def test_save_and_load_with_auto_class(tmp_path):
@@ -108,14 +123,14 @@ def test_weighted_pooling_starts_as_the_mean_and_learns_an_importance_per_row():
     assert "importance.weight" in dict(weighted.named_parameters())
 
 
-@pytest.mark.parametrize("pooling", ["mean", "weighted"])
-def test_onnx_int8_fp16_and_pt2_match_eager(tmp_path, pooling):
+@pytest.mark.parametrize("pooling,conv", [("mean", 0), ("weighted", 0), ("weighted", 8)])
+def test_onnx_int8_fp16_and_pt2_match_eager(tmp_path, pooling, conv):
     from speedtrain.bundle.runtime import OrtRunner, TorchRunner
     from speedtrain.export.onnx import export_onnx, to_fp16
     from speedtrain.export.pt2 import export_pt2
     from speedtrain.export.quantize import quantize_int8
 
-    model = _model(ngram=3, pooling=pooling)
+    model = _model(ngram=3, pooling=pooling, conv_channels=conv)
     import torch._inductor  # noqa: F401 (aoti_load_package)
 
     if pooling == "weighted":
@@ -145,6 +160,7 @@ def test_onnx_int8_fp16_and_pt2_match_eager(tmp_path, pooling):
     ({"hidden_size": 0}, "model.hidden_size=0 must be positive"),
     ({"head_hidden": -1}, "model.head_hidden=-1 must be >= 0"),
     ({"pooling": "max"}, "model.pooling='max' must be 'mean' or 'weighted'"),
+    ({"conv_channels": 8, "conv_kernel": 2}, "model.conv_kernel=2: .* an odd number of pieces"),
 ])
 def test_bad_sizes_one_clear_error(kwargs, message):
     with pytest.raises(UserError, match=message):

@@ -4,7 +4,9 @@ No attention and no per-token layers: a text costs one embedding lookup per toke
 head. The n-grams are hashed from the token ids *inside* the model, so it takes the same
 ``(input_ids, attention_mask)`` as the BERT students and every export, bundle and server path works unchanged.
 Word pieces stand in for fastText's character n-grams (an unseen word still splits into known pieces); hashed
-piece bigrams (and trigrams) carry word order, within and across words.
+piece bigrams (and trigrams) carry word order, within and across words. ``conv_channels > 0`` (the
+``static_conv`` family) adds one convolution over the pieces' vectors, max-pooled over the text (Kim, 2014), beside
+the bag: a window of ``conv_kernel`` pieces reads the order that negation and contrast live in.
 
     model = build_static_student(vocab_size=5000, num_labels=96, hidden_size=128, ngram=2, buckets=2**17)
     model(input_ids=ids, attention_mask=mask).logits  # (B, C)
@@ -41,16 +43,20 @@ class StaticConfig(PretrainedConfig):
             here stays ``mean`` so a ``config.json`` saved before the option loads as it was trained;
             ``conf/model/static.yaml`` asks for ``weighted``.
         max_position_embeddings: longest input in tokens (``max_length`` is a generation setting in ``transformers``).
+        conv_channels: 0 (no convolution) or the filters of a ``Conv1d(hidden_size, conv_channels, conv_kernel)`` over
+            the pieces' vectors; ReLU, max over the text, joined to the bag's vector before the head.
+        conv_kernel: the convolution's window in pieces (odd: the output keeps the input's length).
     """
 
     model_type = "speedtrain_static"
 
     def __init__(self, vocab_size: int = 5000, hidden_size: int = 128, ngram: int = 2, buckets: int = 2**17,
                  head_hidden: int = 0, dropout: float = 0.1, max_position_embeddings: int = 64, pad_token_id: int = 0,
-                 pooling: str = "mean", **kwargs):
+                 pooling: str = "mean", conv_channels: int = 0, conv_kernel: int = 3, **kwargs):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.vocab_size, self.hidden_size, self.ngram, self.buckets = vocab_size, hidden_size, ngram, buckets
         self.head_hidden, self.dropout, self.pooling = head_hidden, dropout, pooling
+        self.conv_channels, self.conv_kernel = conv_channels, conv_kernel
         self.max_position_embeddings = max_position_embeddings
 
 
@@ -70,7 +76,10 @@ class StaticForSequenceClassification(PreTrainedModel):
         self.importance = (nn.Embedding(config.vocab_size + config.buckets, 1) if config.pooling == "weighted"
                            else None)
         self.dropout = nn.Dropout(config.dropout)
-        d, c = config.hidden_size, config.num_labels
+        k = config.conv_kernel
+        self.conv = (nn.Conv1d(config.hidden_size, config.conv_channels, k, padding=k // 2)
+                     if config.conv_channels else None)
+        d, c = config.hidden_size + config.conv_channels, config.num_labels
         self.classifier = (nn.Sequential(nn.Linear(d, config.head_hidden), nn.GELU(), nn.Linear(config.head_hidden, c))
                            if config.head_hidden else nn.Linear(d, c))
         self.post_init()
@@ -84,6 +93,9 @@ class StaticForSequenceClassification(PreTrainedModel):
                 module.weight[module.padding_idx].zero_()
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv1d):  # ReLU follows: He initialisation
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
             nn.init.zeros_(module.bias)
 
     @torch.no_grad()
@@ -138,9 +150,16 @@ class StaticForSequenceClassification(PreTrainedModel):
         weights = weights.to(self.embeddings.weight.dtype)
         if self.importance is not None:  # e^+-4 at most: 192 rows sum to < 11K, finite in an fp16 export
             weights = weights * self.importance(rows).squeeze(-1).clamp(-4.0, 4.0).exp()
-        total = torch.bmm(weights.unsqueeze(1), self.embeddings(rows)).squeeze(1)  # (B, D): masked sum, one op
+        vectors = self.embeddings(rows)  # (B, G, D): the pieces' T rows first, then the n-grams'
+        total = torch.bmm(weights.unsqueeze(1), vectors).squeeze(1)  # (B, D): masked sum, one op
         pooled = total / weights.sum(1, keepdim=True).clamp(min=1e-4)  # the (weighted) mean of its pieces and n-grams
-        logits = self.classifier(self.dropout(pooled))  # (B, C)
+        features = pooled
+        if self.conv is not None:  # (B, D, T) -> (B, K, T); ReLU >= 0, so zeroing the padding keeps the max exact
+            length = input_ids.shape[1]
+            maps = torch.relu(self.conv(vectors[:, :length].transpose(1, 2)))
+            maps = maps * attention_mask.unsqueeze(1).to(maps.dtype)
+            features = torch.cat([pooled, maps.amax(dim=2)], dim=1)  # (B, D + K)
+        logits = self.classifier(self.dropout(features))  # (B, C)
         loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         hidden = (pooled,) if output_hidden_states else None
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=hidden)
@@ -160,6 +179,8 @@ def build_static_student(
     head_hidden: int = 0,
     dropout: float = 0.1,
     pooling: str = "mean",
+    conv_channels: int = 0,
+    conv_kernel: int = 3,
     pad_token_id: int = 0,
     id2label: dict[int, str] | None = None,
 ) -> StaticForSequenceClassification:
@@ -179,10 +200,14 @@ def build_static_student(
         raise UserError(f"model.pooling={pooling!r} must be 'mean' or 'weighted' (a learned importance per row)")
     if head_hidden < 0:
         raise UserError(f"model.head_hidden={head_hidden} must be >= 0 (0: a linear classifier)")
+    if conv_channels < 0 or (conv_channels and (conv_kernel < 1 or conv_kernel % 2 == 0)):
+        raise UserError(f"model.conv_channels={conv_channels}, model.conv_kernel={conv_kernel}: the filters must be "
+                        ">= 0 (0: no convolution) and the window an odd number of pieces, e.g. conv_kernel=3")
     id2label = id2label or {i: str(i) for i in range(num_labels)}
     config = StaticConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, ngram=ngram, buckets=buckets if ngram > 1 else 0,
         head_hidden=head_hidden, dropout=dropout, pooling=pooling, max_position_embeddings=max_length, pad_token_id=pad_token_id,
+        conv_channels=conv_channels, conv_kernel=conv_kernel,
         num_labels=num_labels, id2label=dict(id2label), label2id={v: k for k, v in id2label.items()},
     )
     return StaticForSequenceClassification(config)
