@@ -115,3 +115,23 @@ def test_stage1_takes_more_epochs_on_small_data_and_keeps_its_key_where_that_cha
     assert fit_epochs(stage1, 490) == 32 and fit_epochs(stage1, 4486) == 4
     assert teacher_key(stage1, "d", fit_epochs(stage1, 4486)) == teacher_key(stage1, "d", 4)
     assert teacher_key(stage1, "d", fit_epochs(stage1, 490)) != teacher_key(stage1, "d", 4)
+
+
+def test_a_static_student_reads_the_teachers_vocabulary_only_with_a_teacher(tmp_path):
+    """model.vocabulary=teacher: a distillation run's student tokenizer is the teacher's own (its folder when given);
+    a run without a teacher, a user's own tokenizer=pretrained and model.vocabulary=data keep the tokenizer group."""
+    from speedtrain.builders import student_tokenizer
+    from speedtrain.errors import UserError
+
+    out = f"paths.output_dir={tmp_path}"
+    distill = ["+experiment=distill", "model=static", "model.vocabulary=teacher", out]
+    assert student_tokenizer(compose_config(distill)) == {"pretrained": "minilm"}
+    assert student_tokenizer(compose_config([*distill, f"teacher.path={tmp_path}"])) == {"pretrained": str(tmp_path)}
+    own = compose_config([*distill, "tokenizer=pretrained", "tokenizer.pretrained=bert-base-uncased"])
+    assert student_tokenizer(own) == {"pretrained": "bert-base-uncased"}
+    data = student_tokenizer(compose_config(["+experiment=distill", "model=static", "model.vocabulary=data", out]))
+    baseline = student_tokenizer(compose_config(["+experiment=baseline", "model=static", "model.vocabulary=teacher",
+                                                 out]))
+    assert data == baseline and data["vocab_size"] == 5000 and "pretrained" not in data
+    with pytest.raises(UserError, match="model.vocabulary='theirs' must be 'data' .* or 'teacher'"):
+        student_tokenizer(compose_config([*distill, "model.vocabulary=theirs"]))

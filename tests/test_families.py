@@ -94,3 +94,21 @@ def test_min_steps_raise_the_epochs_of_small_data_sets(rows, overrides, epochs):
     trainer = OmegaConf.create({"max_epochs": 5, "min_steps": 2000, "devices": 1, "num_nodes": 1,
                                 "accumulate_grad_batches": 1, "limit_train_batches": None, **overrides})
     assert epochs_for_min_steps(trainer, rows, batch_size=32) == epochs
+
+
+def test_static_conv_is_the_static_family_plus_a_convolution(tmp_path):
+    """model=static_conv composes from conf/model/static.yaml (Hydra's defaults list, and load_model_config the same
+    way for export.families) and builds a static student with the convolution."""
+    from hydra.utils import instantiate
+
+    from speedtrain.families import builder_config, load_model_config, model_name
+
+    cfg = compose_config(["+experiment=distill", "model=static_conv", f"paths.output_dir={tmp_path}"])
+    assert model_name(cfg) == "static_conv" and cfg.model.init == "teacher" and cfg.data.batch_size == 128
+    static = compose_config(["+experiment=distill", "model=static", f"paths.output_dir={tmp_path}"]).model
+    assert load_model_config("static_conv") == cfg.model
+    changed = {k for k in cfg.model if cfg.model[k] != static.get(k)}
+    assert changed == {"family", "conv_channels", "conv_kernel", "vocabulary"}
+    assert cfg.model.vocabulary == "teacher" and static.vocabulary == "data"
+    model = instantiate(builder_config(cfg.model), vocab_size=50, num_labels=3)
+    assert model.conv.out_channels == cfg.model.conv_channels and model.config.conv_kernel == cfg.model.conv_kernel

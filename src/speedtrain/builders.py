@@ -29,8 +29,25 @@ def build_datamodule(cfg: DictConfig) -> TextDataModule:
             node.source.setdefault("_partial_", True)
         if "length_buckets" in old and "length_buckets" not in node:
             node.length_buckets = old.length_buckets
-    return instantiate_known(node, tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True),
-                             cache_dir=cfg.paths.cache_dir, seed=cfg.seed, on_device=data_on_device(cfg))
+    return instantiate_known(node, tokenizer=student_tokenizer(cfg), cache_dir=cfg.paths.cache_dir, seed=cfg.seed,
+                             on_device=data_on_device(cfg))
+
+
+def student_tokenizer(cfg: DictConfig) -> dict:
+    """The student's tokenizer settings: ``cfg.tokenizer``, or the teacher's own tokenizer (``{"pretrained": ...}``)
+    when the model asks for the teacher's vocabulary (``model.vocabulary=teacher``, the static families) in a run
+    with a teacher (``distill`` set, a teacher source or folder). Such a student starts its table from the teacher's
+    vectors of every piece (``model.init=teacher``), words the training data never shows included."""
+    settings = OmegaConf.to_container(cfg.tokenizer, resolve=True) if cfg.get("tokenizer") is not None else {}
+    vocabulary = (cfg.get("model") or {}).get("vocabulary", "data")
+    if vocabulary not in ("data", "teacher"):
+        raise UserError(f"model.vocabulary={vocabulary!r} must be 'data' (a WordPiece vocabulary trained on the "
+                        "training texts, the tokenizer group) or 'teacher' (the teacher's own word pieces)")
+    teacher = cfg.get("teacher") or {}
+    source = teacher.get("path") or teacher.get("source")
+    if vocabulary == "teacher" and cfg.get("distill") is not None and source and not settings.get("pretrained"):
+        return {"pretrained": str(source)}
+    return settings
 
 
 def data_on_device(cfg: DictConfig) -> bool:

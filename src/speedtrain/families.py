@@ -37,10 +37,12 @@ def model_name(cfg: DictConfig) -> str:
 
 def builder_config(model: DictConfig) -> DictConfig:
     """The ``model`` node as its ``_target_`` takes it: without ``family`` and ``recipe`` (for the experiments) and
-    ``init`` (what a distillation run starts the student from: :mod:`speedtrain.distill.static_init`)."""
+    what a distillation run does with the teacher: ``init`` (:mod:`speedtrain.distill.static_init`), ``vocabulary``
+    (:func:`speedtrain.builders.student_tokenizer`), ``distill_text_vector`` (``teacher_stage.prepare_distillation``)."""
     node = model.copy()
     with open_dict(node):
-        for key in ("family", "recipe", "init", "init_scale", "init_importance"):
+        for key in ("family", "recipe", "init", "init_scale", "init_importance", "distill_text_vector",
+                    "vocabulary"):
             node.pop(key, None)
     return node
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import AutoConfig
 
 from speedtrain.builders import build_datamodule
@@ -82,16 +82,25 @@ def prepare_distillation(cfg: DictConfig, datamodule: TextDataModule, loss, teac
     d = cfg.distill
     augment = OmegaConf.to_container(d.augment, resolve=True) if d.get("augment") else None
     inter = d.get("intermediate")
-    if inter is not None and cfg.model.get("num_hidden_layers") is None:
+    # a student without layers (static) has one vector per text: model.distill_text_vector matches it with the
+    # teacher's last layer (its per-text mean, cached like the logits), else it learns from the logits alone
+    text_vector = inter is not None and cfg.model.get("num_hidden_layers") is None
+    if text_vector and not cfg.model.get("distill_text_vector", False):
         log.info("The student (model=%s) has no hidden layers to match the teacher's: distilling logits only "
-                    "(distill=logits)", model_name(cfg))
-        inter = None
+                 "(distill=logits)", model_name(cfg))
+        inter, text_vector = None, False
     teacher_config = None
     if inter is not None:  # check the layer map before any teacher work
         teacher_config = AutoConfig.from_pretrained(resolve_source(str(teacher_dir)))
-        instantiate(inter, student_width=1, teacher_width=1, shared_tokens=True,
+        if text_vector:
+            inter = inter.copy()
+            with open_dict(inter):
+                inter.layer_map = [[0, teacher_config.num_hidden_layers]]
+            log.info("The student (model=%s) matches its text vector with the mean of the teacher's last layer "
+                     "(distill.intermediate.hidden_weight=%s)", model_name(cfg), inter.get("hidden_weight", 1.0))
+        instantiate(inter, student_width=1, teacher_width=1, shared_tokens=not text_vector,
                     teacher_layers=teacher_config.num_hidden_layers, student_layers=cfg.model.get("num_hidden_layers"))
-    shared = load_tokenizer(teacher_dir).get_vocab() == datamodule.tokenizer.get_vocab()
+    shared = load_tokenizer(teacher_dir).get_vocab() == datamodule.tokenizer.get_vocab() and not text_vector
     # token-level intermediate terms need the teacher online; per-text ones (other tokenizers) are cached
     online = d.get("teacher_logits", "cache") == "online" or (inter is not None and shared)
     layers = tuple(pair[1] for pair in inter.layer_map) if inter is not None and not online else ()

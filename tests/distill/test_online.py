@@ -113,6 +113,14 @@ def test_intermediate_loss_is_zero_for_a_copy_and_ignores_padding():
     assert pooled(hidden, student_mask, short, torch.ones(2, 3)).hidden_loss.item() == pytest.approx(0, abs=1e-6)
     means = hidden[1][:, :3].mean(1)[:, None]  # (B, 1, H): what the cache holds for teacher layer 1
     assert pooled(hidden, student_mask, teacher_pooled=means).hidden_loss.item() == pytest.approx(0, abs=1e-6)
+    # a student with one vector per text (static, model.distill_text_vector): (B, H), taken as it is
+    text = IntermediateLoss(8, 8, [[0, 1]], shared_tokens=False)
+    torch.nn.init.eye_(text.proj["0"].weight)
+    torch.nn.init.zeros_(text.proj["0"].bias)
+    vectors = (hidden[1][:, :3].mean(1),)  # (B, H)
+    assert text(vectors, student_mask, teacher_pooled=means).hidden_loss.item() == pytest.approx(0, abs=1e-6)
+    off = (vectors[0] + torch.tensor([[1.0] * 8, [0.0] * 8]),)  # text 0 off by 1 in every dimension: MSE 1 / 2
+    assert text(off, student_mask, teacher_pooled=means).hidden_loss.item() == pytest.approx(0.5, abs=1e-5)
 
 
 def test_intermediate_loss_errors():

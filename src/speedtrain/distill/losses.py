@@ -156,8 +156,10 @@ class IntermediateLoss(nn.Module):
                 err = ((projected - teacher_hidden[t].float()) ** 2).mean(-1)  # (B, T)
                 hidden = hidden + (err * s_mask).sum() / s_mask.sum()
             else:  # masked mean over tokens: one vector per text (mean first: the projection is affine)
-                mean_s = (student_hidden[s].float() * s_mask[..., None]).sum(1) / s_mask.sum(1, keepdim=True)
-                pooled_s = self.proj[str(s)](mean_s.to(student_hidden[s].dtype)).float()  # (B, H_t)
+                h = student_hidden[s]  # (B, T, H_s), or (B, H_s): a student whose state is one vector per text
+                mean_s = (h.float() if h.dim() == 2
+                          else (h.float() * s_mask[..., None]).sum(1) / s_mask.sum(1, keepdim=True))
+                pooled_s = self.proj[str(s)](mean_s.to(h.dtype)).float()  # (B, H_t)
                 if teacher_pooled is not None:
                     pooled_t = teacher_pooled[:, j].float()
                 else:

@@ -60,7 +60,8 @@ class DistillModule(ClassifierModule):
             s = self.model.config
             t = teacher.config.to_dict() if teacher is not None else teacher_config
             self.intermediate = intermediate(student_width=s.hidden_size, teacher_width=t["hidden_size"],
-                                             student_layers=s.num_hidden_layers, teacher_layers=t["num_hidden_layers"],
+                                             student_layers=getattr(s, "num_hidden_layers", None),
+                                             teacher_layers=t["num_hidden_layers"],
                                              shared_tokens=shared_tokens)
             if self.intermediate.attention_weight > 0:  # SDPA kernels return no attention maps
                 self.model.set_attn_implementation("eager")
