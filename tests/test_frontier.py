@@ -100,7 +100,7 @@ def test_frontier_experiment(tmp_path):
     assert cfg.model.family == "static" and cfg.trainer.max_epochs == 5  # as +experiment=distill
     assert cfg.data.batch_size == 128 and cfg.trainer.min_steps == 1500  # the static family's recipe
     hydra = OmegaConf.load(config_dir() / "experiment" / "frontier.yaml").hydra
-    assert hydra.sweeper.params.model == "static,bert_tiny"
+    assert hydra.sweeper.params.model == "static,static_conv,bert_tiny"
     mini = compose_config(["+experiment=frontier", "model=bert_mini", f"paths.output_dir={tmp_path}"])
     assert mini.model.hidden_size == 256  # a swept model= beats the experiment's default
 
