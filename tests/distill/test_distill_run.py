@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from speedtrain.distill import logit_cache
-from speedtrain.distill.logit_cache import weights_digest
 from speedtrain.errors import UserError
+from speedtrain.models.digest import weights_digest
 from speedtrain.pipeline import run
 from tests.conftest import DISTILL_TINY
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from speedtrain.errors import UserError
+from speedtrain.models.digest import weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,8 @@ RECIPE = b"piece_vectors/v1"  # part of the cache key: change it when the vector
 
 
 def teacher_digest(folder: str | os.PathLike) -> str:
-    """sha256 (16 hex digits) of the teacher folder's weights, config and tokenizer files: the cache key."""
-    digest = hashlib.sha256(RECIPE)
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".txt"))
-    for path in files:
-        digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    """The cache key (16 hex digits): :data:`RECIPE` and the teacher folder's weights, config and tokenizer files."""
+    return hashlib.sha256(RECIPE + weights_digest(folder).encode()).hexdigest()[:16]
 
 
 def teacher_piece_vectors(folder: str | os.PathLike,

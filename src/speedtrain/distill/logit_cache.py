@@ -8,7 +8,6 @@ texts in order, the input length and the layers: other data or another teacher i
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import shutil
@@ -21,6 +20,7 @@ from rich.progress import track
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from speedtrain import stopping
+from speedtrain.models.digest import weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -118,32 +118,6 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         except FileNotFoundError:
             if attempt:
                 raise
-
-
-MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")
-
-
-def weights_digest(folder: str | Path) -> str:
-    """A hash of a model folder's weight files (``*.safetensors``/``*.bin``), config and tokenizer files.
-
-    Remembered per process while the files' sizes and modification times stay the same (hashing ~90 MB of
-    MiniLM takes a while and a distillation run asks several times).
-    """
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin") or p.name in MODEL_FILES)
-    stamp = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    return _digest(stamp)
-
-
-@functools.lru_cache(maxsize=32)
-def _digest(stamp: tuple[tuple[str, int, int], ...]) -> str:
-    h = hashlib.sha256()
-    for name, _, _ in stamp:
-        path = Path(name)
-        h.update(path.name.encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def cached_teacher_outputs(

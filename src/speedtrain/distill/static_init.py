@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from speedtrain.data.datamodule import TextDataModule
-from speedtrain.distill.logit_cache import weights_digest
 from speedtrain.errors import UserError
+from speedtrain.models.digest import weights_digest
 from speedtrain.models.static_init import pca, piece_vectors, sif_log_weights
 from speedtrain.models.teacher import load_classifier, load_tokenizer
 

@@ -23,9 +23,10 @@ from speedtrain.config import config_dir
 from speedtrain.data.datamodule import TextDataModule
 from speedtrain.data.tokenizer import save_atomically
 from speedtrain.distill.augment import word_dropout_variants
-from speedtrain.distill.logit_cache import cached_teacher_outputs, weights_digest
+from speedtrain.distill.logit_cache import cached_teacher_outputs
 from speedtrain.distill.ngram_teacher import ensemble_logits
 from speedtrain.errors import UserError
+from speedtrain.models.digest import weights_digest
 from speedtrain.models.teacher import load_classifier, load_tokenizer, resolve_source
 
 if TYPE_CHECKING:
