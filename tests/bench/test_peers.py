@@ -105,3 +105,28 @@ def test_static_lr_without_a_teacher_is_skipped(splits, tmp_path, caplog):
 
 def test_accuracy_is_in_points():
     assert peers.accuracy(np.array([1, 2, 3, 4]), [1, 2, 0, 4]) == 75.0
+
+
+def test_fasttext_tries_smaller_rates_when_its_whole_grid_diverges(splits, tmp_path, monkeypatch):
+    """fastText's "Encountered NaN." at every (epochs, lr): the grid again at a tenth of the rates, not an error."""
+    train = peers.require("fasttext").train_supervised
+    tried = []
+
+    def diverging(path, lr, **kwargs):
+        tried.append(lr)
+        if lr >= 0.5:
+            raise RuntimeError("Encountered NaN.")
+        return train(path, lr=lr, **kwargs)
+
+    monkeypatch.setattr("fasttext.train_supervised", diverging)
+    peer = peers.FastTextPeer(epochs=(25,), lrs=(0.5, 1.0), work_dir=tmp_path)
+    peer.fit(splits["train"]["text"], splits["train"]["label"], splits["validation"]["text"],
+             splits["validation"]["label"])
+    assert tried == [0.5, 1.0, 0.05, 0.1] and peer.choice["lr"] in (0.05, 0.1)
+    assert peer.predict(["large hammer"]).shape == (1,)
+    monkeypatch.setattr("fasttext.train_supervised", lambda path, **kwargs: (_ for _ in ()).throw(
+        RuntimeError("Encountered NaN.")))
+    with pytest.raises(UserError, match=r"fastText failed for every setting .* and at a tenth of those rates"):
+        peers.FastTextPeer(epochs=(25,), lrs=(0.5,), work_dir=tmp_path).fit(
+            splits["train"]["text"], splits["train"]["label"], splits["validation"]["text"],
+            splits["validation"]["label"])
