@@ -125,8 +125,8 @@ class StaticForSequenceClassification(PreTrainedModel):
         """ReLU(conv) over the pieces, max over the text: (B, T), (B, T), (B, >= T, D) pieces' vectors first -> (B, K).
 
         The convolution runs as one matrix product over each position's window of ``conv_kernel`` vectors (the
-        ``nn.Conv1d``'s weights, its zero padding): the same numbers, 2-3x faster in ONNX Runtime on a CPU than its
-        Conv (no layout transposes; docs/benchmarks.md)."""
+        ``nn.Conv1d``'s weights, its zero padding): the same numbers, 1.5-2x faster in ONNX Runtime on a CPU than its
+        Conv with 128 filters (no layout transposes; ``scripts/bench_conv.py``, docs/benchmarks.md)."""
         length, k = input_ids.shape[1], self.config.conv_kernel
         x = nn.functional.pad(vectors[:, :length], (0, 0, k // 2, k // 2))  # (B, T + k - 1, D)
         windows = torch.cat([x[:, j:j + length] for j in range(k)], dim=2)  # (B, T, k * D), window position first
