@@ -112,3 +112,31 @@ def test_static_conv_is_the_static_family_plus_a_convolution(tmp_path):
     assert cfg.model.vocabulary == "teacher" and static.vocabulary == "data"
     model = instantiate(builder_config(cfg.model), vocab_size=50, num_labels=3)
     assert model.conv.out_channels == cfg.model.conv_channels and model.config.conv_kernel == cfg.model.conv_kernel
+
+
+def test_static_text_vector_is_matched_with_the_teachers_last_layer(tmp_path, fine_tuned_teacher, caplog,
+                                                                    monkeypatch):
+    """model.distill_text_vector=true: the static student's pooled vector (B, D) meets the cached mean of the
+    teacher's last layer through the per-text term; without it, a static student distils the logits only."""
+    from transformers import AutoConfig
+
+    from speedtrain.distill.losses import IntermediateLoss
+
+    seen = []
+    original = IntermediateLoss.forward
+
+    def spy(self, student_hidden, student_mask, *args, **kwargs):
+        seen.append((dict(self.layer_map), tuple(student_hidden[0].shape), tuple(kwargs["teacher_pooled"].shape)))
+        return original(self, student_hidden, student_mask, *args, **kwargs)
+
+    monkeypatch.setattr(IntermediateLoss, "forward", spy)
+    cfg = compose_config([*TINY_RUN, *STATIC_TINY[1:], "+experiment=distill", f"teacher.path={fine_tuned_teacher}",
+                          "model.distill_text_vector=true", "distill.augment.copies=0", "trainer.max_epochs=1",
+                          "trainer.min_steps=null", "trainer.limit_train_batches=2", f"paths.output_dir={tmp_path}"])
+    with caplog.at_level(logging.INFO):
+        run(cfg)
+    assert "matches its text vector with the mean of the teacher's last layer" in caplog.text
+    depth = AutoConfig.from_pretrained(fine_tuned_teacher).num_hidden_layers  # the tiny teacher's last layer
+    assert seen and all(m == {0: depth} for m, _, _ in seen)
+    batch, width = seen[0][1]
+    assert width == cfg.model.hidden_size and seen[0][2][:2] == (batch, 1)  # (B, D) student, (B, 1, H_t) teacher
