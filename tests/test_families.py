@@ -8,8 +8,10 @@ import logging
 
 import pytest
 
+from speedtrain.builders import data_on_device
 from speedtrain.bundle.predictor import Predictor
 from speedtrain.config import compose_config
+from speedtrain.lit.optim import SparseAdamW
 from speedtrain.errors import UserError
 from speedtrain.pipeline import run
 from tests.conftest import EXPORT_TINY, TINY_RUN
@@ -17,22 +19,29 @@ from tests.conftest import EXPORT_TINY, TINY_RUN
 STATIC_TINY = ["model=static", "model.hidden_size=16", "model.buckets=2048", "tokenizer.vocab_size=600"]
 
 
-def test_static_student_distils_exports_and_predicts(tmp_path, fine_tuned_teacher, caplog):
+def test_static_student_distils_exports_and_predicts(tmp_path, fine_tuned_teacher, caplog, monkeypatch):
     """+experiment=distill trains the static family unless model= says otherwise (no model= here), starting from
     the teacher's piece vectors."""
     out = tmp_path / "run"
     cfg = compose_config([*TINY_RUN, *EXPORT_TINY, *STATIC_TINY[1:], "+experiment=distill",
                           f"teacher.path={fine_tuned_teacher}", "teacher.max_length=24", "export.variants=[onnx,onnx_int8]", "export.teacher=false",
                           f"paths.output_dir={out}"])
-    assert cfg.data.batch_size == 128 and cfg.module.optimizer.lr == pytest.approx(1e-2)  # the family's recipe
+    assert cfg.data.batch_size == 1024 and cfg.module.optimizer.lr == pytest.approx(3e-2)  # the family's recipe
+    assert cfg.module.optimizer._target_ == "speedtrain.lit.optim.SparseAdamW" and data_on_device(cfg)
     assert cfg.data.max_length == 64
     assert cfg.model.init == "teacher"
+    sparse_steps = []  # the shapes of the parameters SparseAdamW updated row by row
+    row_step = SparseAdamW._sparse_step
+    monkeypatch.setattr(SparseAdamW, "_sparse_step",
+                        lambda self, p, group: (sparse_steps.append(tuple(p.shape)), row_step(self, p, group))[1])
     with caplog.at_level(logging.INFO):
         run(cfg)  # +experiment=distill asks for hidden-state terms: the static student has no layers to match
     assert "has no hidden layers" in caplog.text and "model.init=teacher: " in caplog.text
+    assert "model.sparse_grad" not in caplog.text  # the tables stayed sparse
     metrics = json.loads((out / "metrics.json").read_text())
     vocab = metrics["data"]["vocab_size"]
     assert metrics["params"]["params_total"] == (vocab + 2048) * (16 + 1) + 16 * 96 + 96  # table, importance, head
+    assert {(vocab + 2048, 16), (vocab + 2048, 1)} <= set(sparse_steps)  # the tables trained row by row
     assert 0 <= metrics["test/acc"] <= 1 and metrics["model_family"] == "static"
     bundle = metrics["bundle"]  # what the frontier reads: the fast variant end to end, tokenization included
     assert bundle["e2e_texts_per_s"] > 0 and bundle["e2e_p50_ms"] > 0 and bundle["e2e_batch"] == 8  # EXPORT_TINY
@@ -66,7 +75,7 @@ def test_a_latency_budget_picks_the_most_accurate_family_that_fits(tmp_path):
     cfg = compose_config(["+experiment=distill", "export.latency_budget_ms=0.3", f"paths.output_dir={tmp_path}"])
     picked = apply_latency_budget(cfg)
     assert picked.model_family == "static" and picked.model._target_.endswith("build_static_student")
-    assert picked.data.batch_size == 128 and picked.data.max_length == 64  # the family's recipe follows it
+    assert picked.data.batch_size == 1024 and picked.data.max_length == 64  # the family's recipe follows it
     roomy = apply_latency_budget(compose_config(["+experiment=distill", "export.latency_budget_ms=9",
                                                  f"paths.output_dir={tmp_path}"]))
     assert roomy.model_family == "static"  # the most accurate family measured, and the fastest
@@ -104,11 +113,11 @@ def test_static_conv_is_the_static_family_plus_a_convolution(tmp_path):
     from speedtrain.families import builder_config, load_model_config, model_name
 
     cfg = compose_config(["+experiment=distill", "model=static_conv", f"paths.output_dir={tmp_path}"])
-    assert model_name(cfg) == "static_conv" and cfg.model.init == "teacher" and cfg.data.batch_size == 128
+    assert model_name(cfg) == "static_conv" and cfg.model.init == "teacher" and cfg.data.batch_size == 128  # its own
     static = compose_config(["+experiment=distill", "model=static", f"paths.output_dir={tmp_path}"]).model
     assert load_model_config("static_conv") == cfg.model
     changed = {k for k in cfg.model if cfg.model[k] != static.get(k)}
-    assert changed == {"family", "conv_channels", "conv_kernel", "vocabulary"}
+    assert changed == {"family", "conv_channels", "conv_kernel", "vocabulary", "sparse_grad", "recipe"}
     assert cfg.model.vocabulary == "teacher" and static.vocabulary == "data"
     model = instantiate(builder_config(cfg.model), vocab_size=50, num_labels=3)
     assert model.conv.out_channels == cfg.model.conv_channels and model.config.conv_kernel == cfg.model.conv_kernel

@@ -51,11 +51,13 @@ def student_tokenizer(cfg: DictConfig) -> dict:
 
 
 def data_on_device(cfg: DictConfig) -> bool:
-    """``data.on_device``: ``auto`` is true on a GPU trainer (the whole tokenized data set lives there), false
-    otherwise."""
+    """``data.on_device``: ``auto`` is true on a GPU trainer (the whole tokenized data set lives there) and for a
+    model family whose recipe asks for it (``model.recipe.on_device``: the static family, whose CPU step is shorter
+    than a DataLoader's collate of its batch), false otherwise."""
     value = cfg.data.get("on_device", (cfg.trainer.get("speed") or {}).get("data_on_device", False))
     if value == "auto":
-        return str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda")
+        recipe = (cfg.get("model") or {}).get("recipe") or {}
+        return str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda") or bool(recipe.get("on_device", False))
     if not isinstance(value, bool):
         raise UserError(f"data.on_device={value!r} must be true, false or auto (on the device of a GPU trainer)")
     return value

@@ -41,3 +41,49 @@ def test_batches_are_padded_to_the_longest_text(tmp_path):
     assert int(lengths.max()) <= 16  # truncated to max_length
     assert torch.all(batch["input_ids"][batch["attention_mask"] == 0] == dm.tokenizer.pad_token_id)
     assert next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 8
+
+
+def test_the_vocabulary_is_learned_from_a_seeded_sample_when_asked(tmp_path):
+    """tokenizer.train_sample: the vocabulary comes from that many training texts (the same ones for the same
+    seed); more than there are is all of them, which is the run without the setting (same cached tokenizer)."""
+    import pytest
+
+    from speedtrain.data.tokenizer import vocabulary_texts
+    from speedtrain.errors import UserError
+
+    train = sources.hscodes("section")["train"]
+    sample = vocabulary_texts(train, 500, seed=1)
+    assert len(sample) == 500 and sample == vocabulary_texts(train, 500, seed=1) != vocabulary_texts(train, 500, 2)
+    assert set(sample) <= set(train["text"])
+    assert vocabulary_texts(train, 10**9, seed=1) == vocabulary_texts(train, None, seed=1) == train["text"]
+    small = _dm(tmp_path, split_seed=3)
+    small.tokenizer_kwargs["train_sample"] = 300
+    small.prepare()
+    full = _dm(tmp_path, split_seed=3)
+    full.prepare()
+    assert len(list((tmp_path / "tokenizers").iterdir())) == 2  # another vocabulary, cached apart
+    assert small.tokenizer.get_vocab() != full.tokenizer.get_vocab()
+    everything = _dm(tmp_path, split_seed=3)
+    everything.tokenizer_kwargs["train_sample"] = 10**9
+    everything.prepare()
+    assert len(list((tmp_path / "tokenizers").iterdir())) == 2
+    assert everything.tokenizer.get_vocab() == full.tokenizer.get_vocab()
+    for bad in (0, -5, "many", 2.5):
+        with pytest.raises(UserError, match=f"tokenizer.train_sample={bad!r} must be a positive number"):
+            vocabulary_texts(train, bad, seed=1)
+
+
+def test_tokenizing_in_several_processes_gives_the_same_ids(tmp_path):
+    import pytest
+
+    from speedtrain.errors import UserError
+
+    one = _dm(tmp_path / "a", num_proc=1)
+    one.prepare()
+    two = _dm(tmp_path / "b", num_proc=2)
+    two.prepare()
+    for split in ("train", "validation", "test"):
+        assert two.encoded[split]["input_ids"] == one.encoded[split]["input_ids"]
+    for bad in (0, "all", True):
+        with pytest.raises(UserError, match=f"data.num_proc={bad!r} must be a number of processes >= 1 or auto"):
+            _dm(tmp_path, num_proc=bad)

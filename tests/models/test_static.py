@@ -175,3 +175,39 @@ def test_attention_switches_leave_it_unchanged():
     for implementation in ("sdpa", "eager"):
         model.set_attn_implementation(implementation)
         torch.testing.assert_close(_logits(model, ids, torch.ones_like(ids)), before)
+
+
+@pytest.mark.parametrize("pooling,conv,sparse", [("mean", 0, False), ("weighted", 0, True), ("weighted", 8, True)])
+def test_training_forward_computes_what_evaluation_does_and_the_same_gradients(pooling, conv, sparse):
+    """The training forward (each distinct row looked up once, one embedding_bag) gives the evaluation forward's
+    logits; with sparse_grad the tables' gradients are sparse, one entry per touched row, and equal the dense ones."""
+    dense = _model(pooling=pooling, conv_channels=conv, dropout=0.0)
+    model = _model(pooling=pooling, conv_channels=conv, dropout=0.0, sparse_grad=sparse)
+    model.load_state_dict(dense.state_dict())
+    if pooling == "weighted":
+        with torch.no_grad():
+            for m in (dense, model):
+                m.importance.weight.copy_(torch.linspace(-5.0, 5.0, m.importance.weight.shape[0]).unsqueeze(1))
+    ids = torch.tensor([[2, 7, 9, 7, 2, 7], [11, 12, 0, 0, 0, 0], [5, 5, 5, 6, 0, 0]])  # repeats and padding
+    mask = (ids != 0).long()
+    labels = torch.tensor([0, 1, 3])
+    eval_logits = _logits(dense, ids, mask)
+    dense.train()
+    model.train()
+    out_dense = dense(input_ids=ids, attention_mask=mask, labels=labels)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(out.logits.detach(), eval_logits)
+    out_dense.loss.backward()
+    out.loss.backward()
+    grad = model.embeddings.weight.grad
+    assert grad.is_sparse is sparse
+    if sparse:  # each distinct row once: pieces (not the pad row) + a bigram at every position (padding's weigh 0)
+        rows = set(ids.flatten().tolist()) - {0} | {(a * HASH_PRIME + b) % BUCKETS + VOCAB for r in ids.tolist()
+                                              for a, b in zip(r, [*r[1:], 0])}
+        assert sorted(grad._indices()[0].tolist()) == sorted(rows)
+        grad = grad.to_dense()
+    torch.testing.assert_close(grad, dense.embeddings.weight.grad)
+    if pooling == "weighted":
+        imp = model.importance.weight.grad
+        torch.testing.assert_close(imp.to_dense() if sparse else imp, dense.importance.weight.grad)
+    assert grad[0].abs().sum() == 0  # the pad row never learns

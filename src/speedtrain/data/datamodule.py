@@ -19,9 +19,11 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from speedtrain.data.device import DeviceBatches, DeviceTable, column, padded
 from speedtrain.data.resumable import ResumableDataLoader
 from speedtrain.data.splits import make_splits
-from speedtrain.data.tokenizer import cached_wordpiece, save_atomically
+from speedtrain.data.tokenizer import cached_wordpiece, save_atomically, vocabulary_texts
 from speedtrain.errors import UserError
 from speedtrain.models.teacher import load_tokenizer
+
+PARALLEL_ROWS = 50_000  # data.num_proc=auto: fewer texts tokenize faster in one process than the workers start
 
 
 class TextDataModule(pl.LightningDataModule):
@@ -41,6 +43,7 @@ class TextDataModule(pl.LightningDataModule):
             the MiniLM teacher's step time here (0.75 s vs 1.56 s, batch 32, 64 tokens at most, 2-core CPU).
         seed: the training order of epoch ``e`` depends only on (seed, e) (:class:`SeededSampler`), so a resumed
             run sees the batches the uninterrupted one saw.
+        num_proc: processes that tokenize (``datasets.map``); ``auto``: every core from 50,000 texts on, else 1.
         on_device: keep every split as tensors on the training device and index batches there
             (:mod:`speedtrain.data.device`) instead of a DataLoader; ``length_buckets``: its bucket granularity.
     """
@@ -62,8 +65,13 @@ class TextDataModule(pl.LightningDataModule):
         seed: int = 0,
         on_device: bool = False,
         length_buckets: int = 8,
+        num_proc: int | str = "auto",
     ) -> None:
         super().__init__()
+        if num_proc != "auto" and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+            raise UserError(f"data.num_proc={num_proc!r} must be a number of processes >= 1 or auto (every core "
+                            f"from {PARALLEL_ROWS:,} texts on)")
+        self.num_proc = num_proc
         self.seed, self.on_device, self.length_buckets = seed, on_device, length_buckets
         self._tables: dict[str, DeviceTable] = {}
         for key, value in (("data.max_length", max_length), ("data.batch_size", batch_size),
@@ -110,9 +118,9 @@ class TextDataModule(pl.LightningDataModule):
             vocab = json.dumps(self.tokenizer.get_vocab(), sort_keys=True)
             tokenizer_key = hashlib.sha256(f"{type(self.tokenizer).__name__}{vocab}".encode()).hexdigest()
         else:
-            self.tokenizer, folder = cached_wordpiece(
-                self.splits["train"]["text"], self.cache_dir, max_length=self.max_length, **self.tokenizer_kwargs
-            )
+            settings = dict(self.tokenizer_kwargs)
+            texts = vocabulary_texts(self.splits["train"], settings.pop("train_sample", None), self.split_seed)
+            self.tokenizer, folder = cached_wordpiece(texts, self.cache_dir, max_length=self.max_length, **settings)
             tokenizer_key = folder.name
         data = hashlib.sha256()
         for split in ("train", "validation", "test"):
@@ -131,7 +139,11 @@ class TextDataModule(pl.LightningDataModule):
             return tok(batch["text"], truncation=True, max_length=self.max_length, return_token_type_ids=False)
 
         splits = self.splits if splits is None else splits
-        return splits.map(encode, batched=True, remove_columns=["text"], desc="tokenizing")
+        rows = sum(len(split) for split in splits.values())
+        procs = (os.cpu_count() or 1) if self.num_proc == "auto" else self.num_proc
+        procs = procs if rows >= PARALLEL_ROWS or self.num_proc != "auto" else 1  # auto: small data in-process
+        return splits.map(encode, batched=True, remove_columns=["text"], desc="tokenizing",
+                          num_proc=procs if procs > 1 else None)
 
     def add_train_texts(self, texts: list[str], labels: list[int]) -> None:
         """Append more training inputs (a transfer set), tokenized like the rest; ``splits`` keeps the originals."""
@@ -211,12 +223,14 @@ class TextDataModule(pl.LightningDataModule):
         if split not in self._tables:
             ds = self.encoded[split]
             columns = {"labels": column(ds, "label").astype(np.int64)}
-            tokens = {"": padded(ds, "input_ids", self.max_length, self.tokenizer.pad_token_id)}
+            # as wide as the longest text (tokenized with truncation: at most max_length), int32
+            tokens = {"": padded(ds, "input_ids", None, self.tokenizer.pad_token_id, dtype=np.int32)}
             if split == "train" and self.teacher_arrays:
                 rows = column(ds, "row")
                 columns.update({name: values[rows] for name, values in self.teacher_arrays.items()})
             if split == "train" and self.teacher_tokenizer is not None and "teacher_input_ids" in ds.column_names:
-                tokens["teacher_"] = padded(ds, "teacher_input_ids", pad=self.teacher_tokenizer.pad_token_id or 0)
+                tokens["teacher_"] = padded(ds, "teacher_input_ids", pad=self.teacher_tokenizer.pad_token_id or 0,
+                                            dtype=np.int32)
             self._tables[split] = DeviceTable(columns, tokens)
         return self._tables[split]
 

@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import datasets
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -63,6 +65,18 @@ def train_wordpiece(
         model_max_length=max_length,
         model_input_names=["input_ids", "attention_mask"],
     )
+
+
+def vocabulary_texts(train: datasets.Dataset, sample: int | None, seed: int) -> list[str]:
+    """The training texts the vocabulary is learned from: all of them, or a seeded sample of ``sample`` texts
+    (``tokenizer.train_sample``) when there are more; in their order in ``train``."""
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample <= 0):
+        raise UserError(f"tokenizer.train_sample={sample!r} must be a positive number of texts (e.g. 200000) or "
+                        "null (learn the vocabulary from every training text)")
+    if sample is None or len(train) <= sample:
+        return train["text"]
+    rows = np.sort(np.random.default_rng(seed).choice(len(train), size=sample, replace=False))
+    return train.select(rows)["text"]
 
 
 def cached_wordpiece(texts: list[str], cache_dir: str | os.PathLike, **kwargs) -> tuple[PreTrainedTokenizerFast, Path]:

@@ -20,6 +20,7 @@ rank): the run logs its confusion matrix.
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import Callable
 
@@ -29,6 +30,9 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from speedtrain.data.resumable import restore_loader_position
+from speedtrain.lit.optim import SPARSE_CAPABLE, SparseAdamW, clip_grad_norm_, clip_grad_value_
+
+log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]  # input_ids (B, T), attention_mask (B, T), labels (B,)
 
@@ -188,13 +192,23 @@ class ClassifierModule(pl.LightningModule):
         self.log(f"{stage}/acc", acc, prog_bar=True)
         self.log(f"{stage}/f1", f1)
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # before the strategy wraps the model (DDP reads which tables are sparse)
+            keep_sparse_tables(self.model, self.optimizer_fn, self.trainer.strategy)
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Lightning's clipping, except for a fused optimizer without a loss scaler (bf16 / fp32): Lightning refuses
-        to clip for it (it could unscale fp16 gradients itself), but without a scaler there is nothing to unscale."""
+        """Lightning's clipping, except for sparse gradients (the static tables: clipped over the rows they touch,
+        not the whole table) and for a fused optimizer without a loss scaler (bf16 / fp32): Lightning refuses to
+        clip for it (it could unscale fp16 gradients itself), but without a scaler there is nothing to unscale."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        sparse = gradient_clip_val and any(p.grad is not None and p.grad.is_sparse for p in params)
         fused = bool(getattr(optimizer, "defaults", {}).get("fused"))
+        if sparse:
+            clip = clip_grad_value_ if gradient_clip_algorithm == "value" else clip_grad_norm_
+            clip(params, gradient_clip_val)
+            return None
         if not gradient_clip_val or not fused or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
         if gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val, foreach=True)
         else:
@@ -213,6 +227,39 @@ class ClassifierModule(pl.LightningModule):
             optimizer=optimizer, num_warmup_steps=int(self.warmup_ratio * total), num_training_steps=total
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def keep_sparse_tables(model: nn.Module, optimizer_fn: Callable, strategy) -> bool:
+    """Whether ``model``'s sparse-gradient tables (``nn.Embedding(sparse=True)``: ``model.sparse_grad``) can train
+    sparse under this optimizer and strategy; if not, they are made dense, with a log line saying why. Sparse
+    gradients need an optimizer that takes them (:class:`~speedtrain.lit.optim.SparseAdamW`, SGD, Adagrad,
+    SparseAdam) and one process or DDP over gloo (NCCL and DeepSpeed reduce dense gradients only)."""
+    tables = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
+    if not tables:
+        return False
+    from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+
+    target = getattr(optimizer_fn, "func", optimizer_fn)
+    reason = None
+    if not (isinstance(target, type) and issubclass(target, (SparseAdamW, *SPARSE_CAPABLE))):
+        reason = f"the optimizer {getattr(target, '__name__', target)} takes no sparse gradients"
+    elif isinstance(strategy, DeepSpeedStrategy) or not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+        reason = f"the strategy {type(strategy).__name__} reduces dense gradients only"
+    elif isinstance(strategy, DDPStrategy) and (strategy.process_group_backend or
+                                                _default_backend(strategy.root_device)) != "gloo":
+        reason = "DDP over NCCL all-reduces dense gradients only"
+    if reason is None:
+        return True
+    for table in tables:
+        table.sparse = False
+    if hasattr(getattr(model, "config", None), "sparse_grad"):
+        model.config.sparse_grad = False
+    log.info("model.sparse_grad: the tables train with dense gradients (%s)", reason)
+    return False
+
+
+def _default_backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 def accepts(fn: Callable, name: str) -> bool:
