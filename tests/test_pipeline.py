@@ -26,7 +26,8 @@ def test_tiny_run_writes_checkpoints_and_metrics(cfg_tiny, tmp_path):
     assert metrics["global_step"] == 8  # 2 epochs x 4 batches
     assert metrics["data"] == {"train": 4486, "validation": 563, "test": 563, "num_labels": 96, "vocab_size": 600}
     assert metrics["params"]["params_total"] > metrics["params"]["params_non_embedding"] > 0
-    assert set(metrics["timings"]) == {"data_s", "fit_s", "total_s"}
+    assert set(metrics["timings"]) == {"data_s", "data_steps_s", "fit_s", "total_s"}
+    assert set(metrics["timings"]["data_steps_s"]) == {"read", "split", "vocabulary", "hash", "tokenize"}
     assert AutoTokenizer.from_pretrained(out / "model").vocab_size == 600
     student = AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert student.config.num_labels == 96 and student.config.id2label[0] == "01"

@@ -62,7 +62,7 @@ def _run(cfg: DictConfig) -> float | None:
     started = time.perf_counter()
     datamodule = build_datamodule(cfg)
     datamodule.prepare()
-    timings = {"data_s": time.perf_counter() - started}
+    timings = {"data_s": time.perf_counter() - started, "data_steps_s": dict(datamodule.timings)}
     if not cfg.get("distill"):
         store = is_teacher_run(cfg) and cfg.teacher.get("cache", True)
         key = teacher_key(cfg, datamodule.data_digest, fit_epochs(cfg, len(datamodule.encoded["train"]))) if store else None

@@ -87,3 +87,13 @@ def test_tokenizing_in_several_processes_gives_the_same_ids(tmp_path):
     for bad in (0, "all", True):
         with pytest.raises(UserError, match=f"data.num_proc={bad!r} must be a number of processes >= 1 or auto"):
             _dm(tmp_path, num_proc=bad)
+
+
+def test_token_ids_are_what_the_tokenizer_call_gives_truncation_included(tmp_path):
+    dm = _dm(tmp_path)  # max_length 16: many descriptions are longer
+    dm.prepare()
+    texts = list(dm.splits["train"]["text"])
+    expected = dm.tokenizer(texts, truncation=True, max_length=16)
+    assert dm.encoded["train"]["input_ids"] == expected["input_ids"]
+    assert dm.encoded["train"]["attention_mask"] == expected["attention_mask"]
+    assert max(map(len, expected["input_ids"])) == 16  # truncation happened

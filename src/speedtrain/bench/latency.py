@@ -103,7 +103,8 @@ def benchmark_runner(
     runner = load(options.threads)
     peak = process.memory_info().rss
     for size in options.batch_sizes:
-        batches = [encoder(list(texts[i:i + size])) for i in range(0, max(1, len(texts) - size + 1), size)][:8]
+        starts = range(0, max(1, len(texts) - size + 1), size)[:8]  # 8 batches, not the whole split encoded
+        batches = [encoder(list(texts[i:i + size])) for i in starts]
         batches = batches or [encoder(list(texts[:size]))]
         times = timed_calls(lambda i: runner(*batches[i % len(batches)]), options.throughput_warmup,
                             options.throughput_min_reps, options.throughput_time_s, 10000)
@@ -125,7 +126,7 @@ def benchmark_end_to_end(
     result = {"latency": percentiles(times), "throughput": {}}
     predict = make_predict(options.threads)
     for size in options.batch_sizes:
-        batches = [list(texts[i:i + size]) for i in range(0, max(1, len(texts) - size + 1), size)][:8]
+        batches = [list(texts[i:i + size]) for i in range(0, max(1, len(texts) - size + 1), size)[:8]]
         times = timed_calls(lambda i: predict(batches[i % len(batches)]), options.throughput_warmup,
                             options.throughput_min_reps, options.throughput_time_s, 10000)
         result["throughput"][str(size)] = float(len(batches[0]) / np.median(times))

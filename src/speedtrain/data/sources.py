@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from speedtrain.errors import UserError
 
@@ -108,17 +110,23 @@ def select_columns(dd: datasets.DatasetDict, text_column: str, label_column: str
                     f"{key}={column!r} is not a column of the {split} data; its columns are {ds.column_names}"
                 )
     out = datasets.DatasetDict()
-    for split, ds in dd.items():
-        ds = ds.select_columns([text_column, label_column])
+    for split, ds in dd.items():  # in Arrow, column by column: no Python object per row (1M rows: ~1 s)
+        table = _table(ds.select_columns([text_column, label_column]))
+        texts = pc.fill_null(pc.cast(table.column(text_column), pa.string()), "")
+        labels = table.column(label_column)
         feature = ds.features[label_column]
-        texts = ["" if t is None else str(t) for t in ds[text_column]]
-        labels = ds[label_column]
         if isinstance(feature, datasets.ClassLabel):  # hub datasets: keep the label names, not the ids
-            labels = [feature.int2str(y) if y is not None and y >= 0 else None for y in labels]
-        out[split] = datasets.Dataset.from_dict(
-            {"text": texts, "label": ["" if y is None else str(y) for y in labels]}
-        )
+            ids = pc.if_else(pc.less(labels, 0), None, labels)  # -1: no label
+            labels = pc.take(pa.array(feature.names, pa.string()), ids)
+        labels = pc.fill_null(pc.cast(labels, pa.string()), "")
+        out[split] = datasets.Dataset(pa.table({"text": texts, "label": labels}))
     return out
+
+
+def _table(ds: datasets.Dataset) -> pa.Table:
+    """The rows of ``ds`` as an Arrow table (its indices mapping applied)."""
+    table = ds.data.table
+    return table.take(ds._indices.column(0)) if ds._indices is not None else table
 
 
 def _infer_format(data_files: dict[str, str]) -> str:
