@@ -5,12 +5,12 @@
     python scripts/bench_scale.py --rows 1000000 --teacher-texts 1000000 --device cuda --teacher random-minilm
 
 Each size is one ``train.py +experiment=baseline model=static data=files data.train=<csv> trainer.max_epochs=1
-export.variants=[onnx]`` run, in a fresh cache folder (nothing reused), its process tree's memory sampled every
-0.1 s. The rows are generated from the embedded data (a product description with ~20% of its words dropped, its
-chapter as the label: 96 labels; seeded). The stages come from the run: ``read``, ``split``, ``vocabulary``,
-``hash``, ``tokenize`` (``timings.data_steps_s`` of metrics.json), ``fit`` (one epoch and its validation) and
-``export`` (ONNX, parity and benchmark); peak RSS per phase is the highest sample between the log lines that end
-them (data, fit, the rest).
+export.variants=[onnx]`` run, in a fresh cache folder (nothing reused), the memory (PSS) of its process tree
+sampled every 0.2 s. The rows are generated from the embedded data (a product description with ~20% of its words
+dropped, its chapter as the label: 96 labels; seeded). The stages come from the run: ``read``, ``split``,
+``vocabulary``, ``hash``, ``tokenize`` (``timings.data_steps_s`` of metrics.json), ``fit`` (one epoch and its
+validation) and ``export`` (ONNX, parity and benchmark); the peak memory per phase is the highest sample between the
+log lines that end them (data, fit, the rest).
 
 Teacher labelling (``--teacher-texts``) runs :func:`speedtrain.distill.logit_cache.teacher_outputs` (the run's
 sharded labelling) over that many generated texts on ``--device``: with ``--teacher <folder>`` (default: the newest
@@ -45,9 +45,10 @@ STAGE_LINES = {"data": "speedtrain.data.datamodule][INFO] - Data:", "fit": "`Tra
 
 
 class Sampler(threading.Thread):
-    """RSS of a process and its children, every ``every`` seconds: ``samples`` is [(time, bytes)]."""
+    """Memory of a process and its children, every ``every`` seconds: ``samples`` is [(time, bytes)]. PSS where the
+    system reports it (pages shared by forked tokenizer workers counted once), RSS elsewhere."""
 
-    def __init__(self, pid: int, every: float = 0.1):
+    def __init__(self, pid: int, every: float = 0.2):
         super().__init__(daemon=True)
         self.process, self.every, self.samples, self.done = psutil.Process(pid), every, [], threading.Event()
 
@@ -55,11 +56,18 @@ class Sampler(threading.Thread):
         while not self.done.is_set():
             try:
                 procs = [self.process, *self.process.children(recursive=True)]
-                rss = sum(p.memory_info().rss for p in procs if p.is_running())
+                rss = sum(_memory(p) for p in procs if p.is_running())
             except psutil.Error:
                 break
             self.samples.append((time.time(), rss))
             time.sleep(self.every)
+
+
+def _memory(process: psutil.Process) -> int:
+    try:
+        return process.memory_full_info().pss
+    except (AttributeError, psutil.AccessDenied):
+        return process.memory_info().rss
 
 
 def run_size(rows: int, out: Path, seed: int) -> dict:
@@ -102,7 +110,8 @@ def _stamp(text: str, marker: str) -> float:
 def label_texts(count: int, teacher: str, device: str, out: Path, seed: int) -> dict:
     """Texts/s of the run's teacher labelling over ``count`` generated texts."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+                              BertForSequenceClassification)
 
     from speedtrain.distill.logit_cache import teacher_outputs
 
@@ -165,7 +174,7 @@ def main() -> None:
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB\n")
     if runs:
         print("| rows | read s | split s | vocabulary s | tokenize s | data s | fit s (train texts/s) | export s "
-              "| whole run s | s per 1K rows | peak RSS GB (data / fit / rest) | test acc |")
+              "| whole run s | s per 1K rows | peak memory GB (data / fit / rest) | test acc |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in runs:
         t, d = r["timings"], r["timings"].get("data_steps_s", {})

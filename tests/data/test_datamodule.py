@@ -97,3 +97,24 @@ def test_token_ids_are_what_the_tokenizer_call_gives_truncation_included(tmp_pat
     assert dm.encoded["train"]["input_ids"] == expected["input_ids"]
     assert dm.encoded["train"]["attention_mask"] == expected["attention_mask"]
     assert max(map(len, expected["input_ids"])) == 16  # truncation happened
+
+
+def test_device_tables_pad_ragged_ids_across_arrow_chunks_and_selections():
+    import datasets
+    import numpy as np
+
+    from speedtrain.data.device import padded
+
+    rows = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [], [10, 11]] * 7
+    one = datasets.Dataset.from_dict({"x": rows})
+    data = datasets.concatenate_datasets([one, one])  # two Arrow chunks
+    assert data.data.column("x").num_chunks == 2
+    rows = rows * 2
+    for width in (None, 3):
+        for step in (2, 3, 65536):
+            ids, lengths = padded(data, "x", width, pad=-1, dtype=np.int32, rows_per_step=step)
+            w = width or 5
+            assert ids.dtype == np.int32 and ids.tolist() == [(r + [-1] * w)[:w] for r in rows]
+            assert lengths.tolist() == [min(len(r), w) for r in rows]
+    ids, lengths = padded(data.select([3, 1, 2]), "x")
+    assert ids.tolist() == [[0, 0, 0, 0, 0], [4, 0, 0, 0, 0], [5, 6, 7, 8, 9]] and lengths.tolist() == [0, 1, 5]
