@@ -2,7 +2,8 @@
 
     python scripts/bench_scale.py                                   # 10K, 100K, 1M rows; teacher on 10K texts
     python scripts/bench_scale.py --rows 10000 100000 --teacher-texts 10000 100000
-    python scripts/bench_scale.py --rows 1000000 --teacher-texts 1000000 --device cuda --teacher random-minilm
+    python scripts/bench_scale.py --rows 1000000 --trainer gpu --teacher-texts 1000000 --device cuda \
+        --teacher random-minilm
 
 Each size is one ``train.py +experiment=baseline model=static data=files data.train=<csv> trainer.max_epochs=1
 export.variants=[onnx]`` run, in a fresh cache folder (nothing reused), the memory (PSS) of its process tree
@@ -10,7 +11,8 @@ sampled every 0.2 s. The rows are generated from the embedded data (a product de
 dropped, its chapter as the label: 96 labels; seeded). The stages come from the run: ``read``, ``split``,
 ``vocabulary``, ``hash``, ``tokenize`` (``timings.data_steps_s`` of metrics.json), ``fit`` (one epoch and its
 validation) and ``export`` (ONNX, parity and benchmark); the peak memory per phase is the highest sample between the
-log lines that end them (data, fit, the rest).
+log lines that end them (data, fit, the rest), and ``max RSS`` the largest resident size of one process (the
+training process).
 
 Teacher labelling (``--teacher-texts``) runs :func:`speedtrain.distill.logit_cache.teacher_outputs` (the run's
 sharded labelling) over that many generated texts on ``--device``: with ``--teacher <folder>`` (default: the newest
@@ -25,6 +27,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -56,27 +59,29 @@ class Sampler(threading.Thread):
         while not self.done.is_set():
             try:
                 procs = [self.process, *self.process.children(recursive=True)]
-                rss = sum(_memory(p) for p in procs if p.is_running())
-            except psutil.Error:
+            except psutil.Error:  # the run has ended
                 break
-            self.samples.append((time.time(), rss))
+            self.samples.append((time.time(), sum(_memory(p) for p in procs)))
             time.sleep(self.every)
 
 
 def _memory(process: psutil.Process) -> int:
     try:
-        return process.memory_full_info().pss
-    except (AttributeError, psutil.AccessDenied):
-        return process.memory_info().rss
+        try:
+            return process.memory_full_info().pss
+        except (AttributeError, psutil.AccessDenied):
+            return process.memory_info().rss
+    except psutil.Error:  # a worker that has just exited
+        return 0
 
 
-def run_size(rows: int, out: Path, seed: int) -> dict:
+def run_size(rows: int, out: Path, seed: int, trainer: str = "cpu", overrides: tuple[str, ...] = ()) -> dict:
     csv_path = out / f"rows-{rows}.csv"
     if not csv_path.exists():
         write_rows(csv_path, rows, seed)
     folder, cache = out / f"run-{rows}", out / f"cache-{rows}"
     cmd = [sys.executable, str(REPO / "train.py"), *RUN, f"data.train={csv_path}", f"hydra.run.dir={folder}",
-           f"paths.cache_dir={cache}"]
+           f"paths.cache_dir={cache}", f"trainer={trainer}", *overrides]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     started = time.time()
     with (out / f"run-{rows}.log").open("w") as log:
@@ -86,6 +91,9 @@ def run_size(rows: int, out: Path, seed: int) -> dict:
         code = proc.wait()
         sampler.done.set()
     wall = time.time() - started
+    # the largest resident size of one process so far (kB on Linux): the runs go from small to large, so for each
+    # size the training process itself (its forked tokenizer workers are smaller)
+    max_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     if code:
         raise SystemExit(f"{rows:,} rows: train.py exited {code}; see {out / f'run-{rows}.log'}")
     text = (out / f"run-{rows}.log").read_text(errors="replace")
@@ -94,7 +102,7 @@ def run_size(rows: int, out: Path, seed: int) -> dict:
     peaks = {name: max((b for t, b in sampler.samples if lo <= t < hi), default=0) / 2**30 for name, lo, hi in bounds}
     metrics = json.loads((folder / "metrics.json").read_text())
     return {"rows": rows, "wall_s": wall, "timings": metrics["timings"], "train": metrics["data"]["train"],
-            "peak_gb": peaks, "peak_all_gb": max(b for _, b in sampler.samples) / 2**30,
+            "peak_gb": peaks, "peak_all_gb": max(b for _, b in sampler.samples) / 2**30, "max_rss_gb": max_rss,
             "test_acc": 100 * metrics["test/acc"]}
 
 
@@ -160,29 +168,32 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--teacher-texts", type=int, nargs="*", default=[10_000])
     parser.add_argument("--teacher", default=None, help="a teacher folder, or random-minilm (default: the newest)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="the teacher's device (cpu, cuda)")
+    parser.add_argument("--trainer", default="cpu", help="the runs' trainer group (cpu, gpu)")
+    parser.add_argument("--override", action="append", default=[], help="more train.py overrides, e.g. "
+                        "export.teacher=false (no teacher row in the bundle's benchmark)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_scale-"))
     out.mkdir(parents=True, exist_ok=True)
-    runs = [run_size(n, out, args.seed) for n in args.rows]
+    runs = [run_size(n, out, args.seed, args.trainer, tuple(args.override)) for n in args.rows]
     teacher = args.teacher or (newest_teacher() if args.teacher_texts else None)
     labelled = [label_texts(n, teacher, args.device, out, args.seed) for n in args.teacher_texts]
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB\n")
     if runs:
         print("| rows | read s | split s | vocabulary s | tokenize s | data s | fit s (train texts/s) | export s "
-              "| whole run s | s per 1K rows | peak memory GB (data / fit / rest) | test acc |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+              "| whole run s | s per 1K rows | peak memory GB (data / fit / rest) | max RSS GB | test acc |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for r in runs:
         t, d = r["timings"], r["timings"].get("data_steps_s", {})
         peaks = " / ".join(f"{r['peak_gb'][k]:.2f}" for k in ("data", "fit", "rest"))
         print(f"| {r['rows']:,} | {d.get('read', 0):.1f} | {d.get('split', 0):.1f} | {d.get('vocabulary', 0):.1f} | "
               f"{d.get('tokenize', 0):.1f} | {t['data_s']:.1f} | {t['fit_s']:.1f} ({r['train'] / t['fit_s']:,.0f}) | "
               f"{t.get('export_s', 0):.1f} | {r['wall_s']:.1f} | {1000 * r['wall_s'] / r['rows']:.2f} | {peaks} | "
-              f"{r['test_acc']:.2f} |")
+              f"{r['max_rss_gb']:.2f} | {r['test_acc']:.2f} |")
     if labelled:
         print("\n| teacher texts | device | teacher | seconds | texts/s |")
         print("|---:|---|---|---:|---:|")

@@ -24,10 +24,12 @@ def test_static_student_distils_exports_and_predicts(tmp_path, fine_tuned_teache
     the teacher's piece vectors."""
     out = tmp_path / "run"
     cfg = compose_config([*TINY_RUN, *EXPORT_TINY, *STATIC_TINY[1:], "+experiment=distill",
-                          f"teacher.path={fine_tuned_teacher}", "teacher.max_length=24", "export.variants=[onnx,onnx_int8]", "export.teacher=false",
+                          f"teacher.path={fine_tuned_teacher}", "teacher.max_length=24",
+                          "export.variants=[onnx,onnx_int8]", "export.teacher=false",
+                          "model.recipe.large.from_texts=1000",  # the large-data path, on the small data
                           f"paths.output_dir={out}"])
-    assert cfg.data.batch_size == 1024 and cfg.module.optimizer.lr == pytest.approx(3e-2)  # the family's recipe
-    assert cfg.module.optimizer._target_ == "speedtrain.lit.optim.SparseAdamW" and data_on_device(cfg)
+    assert cfg.data.batch_size == 128 and cfg.module.optimizer.lr == pytest.approx(1e-2)  # the family's recipe
+    assert cfg.module.optimizer._target_ == "speedtrain.lit.optim.SparseAdamW" and not data_on_device(cfg)
     assert cfg.data.max_length == 64
     assert cfg.model.init == "teacher"
     sparse_steps = []  # the shapes of the parameters SparseAdamW updated row by row
@@ -37,8 +39,10 @@ def test_static_student_distils_exports_and_predicts(tmp_path, fine_tuned_teache
     with caplog.at_level(logging.INFO):
         run(cfg)  # +experiment=distill asks for hidden-state terms: the static student has no layers to match
     assert "has no hidden layers" in caplog.text and "model.init=teacher: " in caplog.text
+    assert "training inputs (>= model.recipe.large.from_texts=1,000): batch 1024, lr 0.0283" in caplog.text
     assert "model.sparse_grad" not in caplog.text  # the tables stayed sparse
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["batch"]["batch_size"] == 1024 and metrics["speed"]["data_on_device"] is True
     vocab = metrics["data"]["vocab_size"]
     assert metrics["params"]["params_total"] == (vocab + 2048) * (16 + 1) + 16 * 96 + 96  # table, importance, head
     assert {(vocab + 2048, 16), (vocab + 2048, 1)} <= set(sparse_steps)  # the tables trained row by row
@@ -75,7 +79,7 @@ def test_a_latency_budget_picks_the_most_accurate_family_that_fits(tmp_path):
     cfg = compose_config(["+experiment=distill", "export.latency_budget_ms=0.3", f"paths.output_dir={tmp_path}"])
     picked = apply_latency_budget(cfg)
     assert picked.model_family == "static" and picked.model._target_.endswith("build_static_student")
-    assert picked.data.batch_size == 1024 and picked.data.max_length == 64  # the family's recipe follows it
+    assert picked.data.batch_size == 128 and picked.data.max_length == 64  # the family's recipe follows it
     roomy = apply_latency_budget(compose_config(["+experiment=distill", "export.latency_budget_ms=9",
                                                  f"paths.output_dir={tmp_path}"]))
     assert roomy.model_family == "static"  # the most accurate family measured, and the fastest
@@ -117,7 +121,7 @@ def test_static_conv_is_the_static_family_plus_a_convolution(tmp_path):
     static = compose_config(["+experiment=distill", "model=static", f"paths.output_dir={tmp_path}"]).model
     assert load_model_config("static_conv") == cfg.model
     changed = {k for k in cfg.model if cfg.model[k] != static.get(k)}
-    assert changed == {"family", "conv_channels", "conv_kernel", "vocabulary", "sparse_grad", "recipe"}
+    assert changed == {"family", "conv_channels", "conv_kernel", "vocabulary", "recipe"}
     assert cfg.model.vocabulary == "teacher" and static.vocabulary == "data"
     model = instantiate(builder_config(cfg.model), vocab_size=50, num_labels=3)
     assert model.conv.out_channels == cfg.model.conv_channels and model.config.conv_kernel == cfg.model.conv_kernel
@@ -149,3 +153,23 @@ def test_static_text_vector_is_matched_with_the_teachers_last_layer(tmp_path, fi
     assert seen and all(m == {0: depth} for m, _, _ in seen)
     batch, width = seen[0][1]
     assert width == cfg.model.hidden_size and seen[0][2][:2] == (batch, 1)  # (B, D) student, (B, 1, H_t) teacher
+
+
+def test_large_data_takes_the_familys_fast_path_small_data_keeps_its_recipe(tmp_path):
+    from speedtrain.families import grow_batch
+
+    def cfg(*overrides):
+        return compose_config(["+experiment=distill", "model=static", f"paths.output_dir={tmp_path}", *overrides])
+
+    small = cfg()
+    assert not grow_batch(small, 49_999) and small.data.batch_size == 128 and small.model.sparse_grad is False
+    large = cfg()
+    assert grow_batch(large, 50_000)
+    assert large.data.batch_size == 1024 and large.module.optimizer.lr == pytest.approx(1e-2 * 8**0.5)
+    assert large.trainer.min_steps == 188 and large.model.sparse_grad is True and data_on_device(large)
+    chosen = cfg("data.batch_size=256", "module.optimizer.lr=0.05")
+    assert not grow_batch(chosen, 10**6) and chosen.data.batch_size == 256  # the user's batch stays
+    rate = cfg("module.optimizer.lr=0.05", "trainer.min_steps=10")
+    assert grow_batch(rate, 10**6) and rate.module.optimizer.lr == 0.05 and rate.trainer.min_steps == 10
+    conv = cfg("model=static_conv")
+    assert not grow_batch(conv, 10**6) and conv.data.batch_size == 128  # no large-data path (not validated)

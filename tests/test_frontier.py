@@ -98,7 +98,7 @@ def test_frontier_experiment(tmp_path):
     assert cfg.teacher.seed == 42 and cfg.teacher.source == "minilm"  # one teacher whatever the student's seed
     assert list(cfg.export.variants) == ["onnx", "onnx_int8"] and cfg.export.teacher is False
     assert cfg.model.family == "static" and cfg.trainer.max_epochs == 5  # as +experiment=distill
-    assert cfg.data.batch_size == 1024 and cfg.trainer.min_steps == 200  # the static family's recipe
+    assert cfg.data.batch_size == 128 and cfg.trainer.min_steps == 1500  # the static family's recipe
     hydra = OmegaConf.load(config_dir() / "experiment" / "frontier.yaml").hydra
     assert hydra.sweeper.params.model == "static,static_conv,bert_tiny"
     mini = compose_config(["+experiment=frontier", "model=bert_mini", f"paths.output_dir={tmp_path}"])

@@ -35,7 +35,7 @@ def test_every_trainer_config_builds_its_strategy():
             zero = strategy.config["zero_optimization"]
             assert zero["stage"] == int(name[len("deepspeed_stage")]), name
             assert ("offload_optimizer" in zero and "offload_param" in zero) == name.endswith("offload"), name
-            assert strategy.config["train_micro_batch_size_per_gpu"] == 1024  # data.batch_size: the static recipe
+            assert strategy.config["train_micro_batch_size_per_gpu"] == 128  # data.batch_size: the static recipe
         elif name == "ddp":
             assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs["gradient_as_bucket_view"]
         else:

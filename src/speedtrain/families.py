@@ -117,3 +117,32 @@ def _chosen_on_command_line() -> bool:
     if not HydraConfig.initialized():
         return False
     return any(o.split("=", 1)[0].lstrip("+~") == "model" for o in HydraConfig.get().overrides.task)
+
+
+def grow_batch(cfg: DictConfig, train_rows: int) -> bool:
+    """The family's large-data path (``model.recipe.large``): from ``from_texts`` training inputs on, the batch is
+    ``large.batch_size`` (the learning rate scaled by the square root of the growth, ``trainer.min_steps`` divided
+    by it) and ``sparse_grad`` / ``data.on_device`` take ``large``'s values. Where the user set the batch, the rate or
+    the steps, that value stays. ``cfg`` is changed in place (the run's config records it); returns whether it grew.
+
+    The static family's recipe was tuned on 14K inputs at batch 128; batch 1024 trains 13x faster but, on that data,
+    0.4 points lower (docs/benchmarks.md): large data gets the speed, small data keeps its accuracy.
+    """
+    recipe = (cfg.get("model") or {}).get("recipe") or {}
+    large = recipe.get("large")
+    if not large or train_rows < int(large.from_texts) or int(cfg.data.batch_size) != int(recipe.batch_size):
+        return False
+    factor = int(large.batch_size) / int(recipe.batch_size)
+    with open_dict(cfg):
+        cfg.data.batch_size = int(large.batch_size)
+        if recipe.get("lr") is not None and cfg.module.optimizer.get("lr") == recipe.lr:
+            cfg.module.optimizer.lr = float(recipe.lr) * factor**0.5
+        if recipe.get("min_steps") and cfg.trainer.get("min_steps") == recipe.min_steps:
+            cfg.trainer.min_steps = -(-int(recipe.min_steps) // int(factor))
+        for key, node in (("sparse_grad", cfg.model), ("on_device", cfg.data)):
+            if key in large:
+                node[key] = large[key]
+    log.info("%s training inputs (>= model.recipe.large.from_texts=%s): batch %d, lr %.3g, sparse_grad=%s, "
+             "data.on_device=%s", f"{train_rows:,}", f"{int(large.from_texts):,}", cfg.data.batch_size,
+             cfg.module.optimizer.get("lr"), cfg.model.get("sparse_grad"), cfg.data.get("on_device"))
+    return True

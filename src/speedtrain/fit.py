@@ -15,12 +15,12 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from speedtrain import stopping
-from speedtrain.builders import build_model, build_module
+from speedtrain.builders import build_model, build_module, data_on_device
 from speedtrain.callbacks.export_bench import build_exporter, bundle_summary
 from speedtrain.checkpoints import best_checkpoint, best_student, evaluate, is_deepspeed
 from speedtrain.data.datamodule import TextDataModule
 from speedtrain.distill.teacher import store_teacher, student_vs_teacher
-from speedtrain.families import check_budget, model_name
+from speedtrain.families import check_budget, grow_batch, model_name
 from speedtrain.loggers import log_confusion_matrix
 from speedtrain.models.student import count_parameters
 from speedtrain.resume import describe_checkpoint, resume_checkpoint, track_trainer
@@ -45,6 +45,8 @@ def fit_and_evaluate(
         store_teacher_as: a teacher-cache key: the fine-tuned model is stored in the teacher cache under it.
     """
     teacher_metrics = distill["teacher_metrics"] if distill else {}
+    if not stage and grow_batch(cfg, len(datamodule.encoded["train"])):  # large data: the family's fast path
+        datamodule.batch_size, datamodule.on_device = int(cfg.data.batch_size), data_on_device(cfg)
     exporter = None if stage else build_exporter(cfg, datamodule, distill, teacher_metrics)
     trainer = build_trainer(cfg, prefix=stage, extra_callbacks=[exporter] if exporter else [],
                             train_rows=len(datamodule.encoded["train"]))

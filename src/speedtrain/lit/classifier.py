@@ -91,7 +91,8 @@ class ClassifierModule(pl.LightningModule):
 
     def train_forward(self, **inputs):
         """The model's output for a training step: through ``torch.compile`` when asked for (CUDA only)."""
-        if self.compile_mode and self.device.type == "cuda" and not self._compiled:
+        compiles = getattr(self.model, "compile_training", True)  # the static family: no (a new shape per batch)
+        if self.compile_mode and compiles and self.device.type == "cuda" and not self._compiled:
             import torch._dynamo
 
             # one graph per (batch, length bucket) shape: a few buckets x the last batch of an epoch

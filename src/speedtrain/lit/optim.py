@@ -15,6 +15,7 @@ tensor.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -39,8 +40,10 @@ def coalesce_grads(params: Iterable[torch.Tensor]) -> None:
         grad = p.grad
         if grad is not None and grad.is_sparse and not grad.is_coalesced():
             rows, values = coalesced(grad)
-            p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, grad.shape, is_coalesced=True,
-                                             check_invariants=False)
+            with warnings.catch_warnings():  # "invariant checks are disabled": they are, for speed; rows are unique
+                warnings.simplefilter("ignore", UserWarning)
+                p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, grad.shape, is_coalesced=True,
+                                                 check_invariants=False)
 
 
 def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:

@@ -71,6 +71,9 @@ class StaticForSequenceClassification(PreTrainedModel):
     base_model_prefix = "static"
     main_input_name = "input_ids"
     _supports_sdpa = True  # no attention at all: trainer.speed.attention=sdpa|eager leave the model as it is
+    # trainer.speed.compile leaves the training forward eager: its distinct rows (torch.unique) give every batch
+    # another shape, a recompile each
+    compile_training = False
 
     def __init__(self, config: StaticConfig):
         super().__init__(config)
