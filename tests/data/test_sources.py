@@ -59,3 +59,18 @@ def test_files_errors_name_the_value(tmp_path, product_rows):
     xlsx.write_text("x")
     with pytest.raises(UserError, match=r"\['.xlsx'\].*data.format"):
         sources.files(str(xlsx))
+
+
+def test_unreadable_rows_and_an_empty_text_column_are_one_clear_error(tmp_path):
+    """A CSV the parser cannot read names the file and the parser's reason (where it stopped), not the wrapper's;
+    a text column with no text left is "the training data is empty"."""
+    from speedtrain.data.splits import make_splits
+
+    broken = tmp_path / "broken.csv"
+    broken.write_text('text,label\n"fine",a\n"open quote,b,c,d\nnext,b\n')
+    with pytest.raises(UserError, match=r"data.train='.*broken.csv' could not be read as csv: .*EOF inside string"):
+        sources.files(str(broken), cache_dir=str(tmp_path / "c"))
+    empty = tmp_path / "empty_text.csv"
+    empty.write_text("text,label\n,a\n   ,b\n,a\n")
+    with pytest.raises(UserError, match="the training data is empty"):
+        make_splits(sources.files(str(empty), cache_dir=str(tmp_path / "c")))

@@ -78,7 +78,10 @@ def files(
         except Exception as err:  # the loaders raise many types for an unreadable or empty file
             if "corresponds to no data" in str(err):
                 raise UserError(f"{keys[split]}={path!r} has no rows; give a file with data") from err
-            raise UserError(f"{keys[split]}={path!r} could not be read as {builder}: {err}") from err
+            cause = err  # datasets wraps the parser's error: name the line it stopped at, not the wrapper
+            while cause.__cause__ is not None or cause.__context__ is not None:
+                cause = cause.__cause__ or cause.__context__
+            raise UserError(f"{keys[split]}={path!r} could not be read as {builder}: {cause}") from err
     return select_columns(dd, text_column, label_column)
 
 
