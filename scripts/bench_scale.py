@@ -54,6 +54,7 @@ class Sampler(threading.Thread):
     def __init__(self, pid: int, every: float = 0.2):
         super().__init__(daemon=True)
         self.process, self.every, self.samples, self.done = psutil.Process(pid), every, [], threading.Event()
+        self.main: list[tuple[float, int]] = []  # the RSS of the training process alone
 
     def run(self) -> None:
         while not self.done.is_set():
@@ -62,7 +63,15 @@ class Sampler(threading.Thread):
             except psutil.Error:  # the run has ended
                 break
             self.samples.append((time.time(), sum(_memory(p) for p in procs)))
+            self.main.append((time.time(), _rss(self.process)))
             time.sleep(self.every)
+
+
+def _rss(process: psutil.Process) -> int:
+    try:
+        return process.memory_info().rss
+    except psutil.Error:
+        return 0
 
 
 def _memory(process: psutil.Process) -> int:
@@ -100,9 +109,10 @@ def run_size(rows: int, out: Path, seed: int, trainer: str = "cpu", overrides: t
     ends = {name: _stamp(text, marker) for name, marker in STAGE_LINES.items()}
     bounds = [("data", started, ends["data"]), ("fit", ends["data"], ends["fit"]), ("rest", ends["fit"], 1e18)]
     peaks = {name: max((b for t, b in sampler.samples if lo <= t < hi), default=0) / 2**30 for name, lo, hi in bounds}
+    main = {name: max((b for t, b in sampler.main if lo <= t < hi), default=0) / 2**30 for name, lo, hi in bounds}
     metrics = json.loads((folder / "metrics.json").read_text())
     return {"rows": rows, "wall_s": wall, "timings": metrics["timings"], "train": metrics["data"]["train"],
-            "peak_gb": peaks, "peak_all_gb": max(b for _, b in sampler.samples) / 2**30, "max_rss_gb": max_rss,
+            "peak_gb": peaks, "peak_all_gb": max(b for _, b in sampler.samples) / 2**30, "max_rss_gb": max_rss, "main_rss_gb": main,
             "test_acc": 100 * metrics["test/acc"]}
 
 

@@ -117,3 +117,15 @@ def test_device_tables_pad_ragged_ids_across_arrow_chunks_and_selections():
             assert lengths.tolist() == [min(len(r), w) for r in rows]
     ids, lengths = padded(data.select([3, 1, 2]), "x")
     assert ids.tolist() == [[0, 0, 0, 0, 0], [4, 0, 0, 0, 0], [5, 6, 7, 8, 9]] and lengths.tolist() == [0, 1, 5]
+
+
+def test_a_released_device_table_is_built_again_when_asked(tmp_path):
+    dm = _dm(tmp_path, on_device=True)
+    dm.prepare()
+    table = dm.table("train")
+    ids = table.tokens[""][0].clone()
+    dm.release_table("train")
+    assert table.tokens == {} and table.columns == {}  # the memory is given back
+    again = dm.table("train")
+    assert again is not table and torch.equal(again.tokens[""][0], ids)
+    dm.release_table("never built")  # nothing to do

@@ -243,6 +243,12 @@ class TextDataModule(pl.LightningDataModule):
         return (trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed,
                 trainer.num_training_batches)
 
+    def release_table(self, split: str) -> None:
+        """Free ``split``'s device table (a later :meth:`table` builds it again)."""
+        table = self._tables.pop(split, None)
+        if table is not None:
+            table.release()
+
     def table(self, split: str) -> DeviceTable:
         """``split`` as dense tensors (built once; the training split again after a change)."""
         if split not in self._tables:

@@ -84,6 +84,10 @@ class DeviceTable:
     def __len__(self) -> int:
         return len(self.lengths[""])
 
+    def release(self) -> None:
+        """Drop the tensors (training has ended; the export and the test need the memory more)."""
+        self.columns, self.tokens = {}, {}
+
     def to(self, device: torch.device) -> DeviceTable:
         if device != self.device:
             self.columns = {k: v.to(device) for k, v in self.columns.items()}
