@@ -8,9 +8,9 @@ parameter gets torch's own AdamW, unchanged. One optimizer, so Lightning's loop,
 see nothing new.
 
 ``torch.optim.SparseAdam`` does the same through sparse-tensor arithmetic (a ``coalesce`` and several sparse adds a
-step): on the static student's step it measured no faster than dense AdamW at batch 1024 on a 2-core CPU
-(``scripts/bench_step.py --sparse``); the row form here uses one ``index_select`` and one ``index_copy_`` per state
-tensor.
+step), which in an exploratory step loop on a 2-core CPU cost about as much as dense AdamW at batch 1024; the row
+form here uses one ``index_select`` and one ``index_copy_`` per state tensor. The whole training path is measured
+by ``scripts/bench_static_train.py``.
 """
 
 from __future__ import annotations
