@@ -39,7 +39,9 @@ def teacher_outputs(
 
     With ``shard_dir`` every ``shard_size`` texts (in that sorted order) are written there as one file as soon as
     they are done, and shards found there are reused: a labelling stopped by a signal (it finishes its shard, then
-    raises :class:`~speedtrain.stopping.Stopped`) or killed continues where it was.
+    raises :class:`~speedtrain.stopping.Stopped`) or killed continues where it was. Under ``torch.distributed``
+    (DDP ranks, several nodes with a shared cache folder) rank ``r`` of ``w`` labels the shards ``r, r + w, ...``
+    that no earlier run left, then, after a barrier, every rank reads all of them: each text is labelled once.
     """
     teacher.eval()
     order = np.array(sorted(range(len(texts)), key=lambda i: len(texts[i])), dtype=np.int64)
@@ -47,16 +49,21 @@ def teacher_outputs(
     if layers:
         out["hidden"] = np.zeros((len(texts), len(layers), teacher.config.hidden_size), dtype=np.float32)
     shards = [order[start : start + shard_size] for start in range(0, len(texts), shard_size)]
+    rank, world = _rank_and_world() if shard_dir is not None else (0, 1)
     done = reused = 0
+    have: set[int] = set()  # the shards whose rows are filled
     with stopping.deferred():
         for number, idx in enumerate(track(shards, description="teacher outputs", transient=True,
-                                           disable=len(shards) < 2)):
+                                           disable=len(shards) < 2 or rank > 0)):
             part = Path(shard_dir) / f"{number:06d}.npz" if shard_dir is not None else None
             found = _read_shard(part, out, len(idx))
             if found is not None:
                 for k, v in found.items():
                     out[k][idx] = v
                 done, reused = done + len(idx), reused + len(idx)
+                have.add(number)
+                continue
+            if number % world != rank:  # another rank's share: read after the barrier
                 continue
             shard = {k: np.zeros((len(idx), *v.shape[1:]), v.dtype) for k, v in out.items()}
             for start in range(0, len(idx), batch_size):
@@ -68,14 +75,35 @@ def teacher_outputs(
             if part is not None:
                 _save_npz(part, shard)
             done += len(idx)
+            have.add(number)
             if stopping.requested() is not None:
                 raise stopping.Stopped(stopping.requested(), (
                     f"stopped by {stopping.signal_name(stopping.requested())} while the teacher labelled "
                     f"{len(texts):,} texts: the outputs of {done:,} are kept in {shard_dir} for the next start"))
+    if world > 1:
+        labelled = done - reused
+        torch.distributed.barrier()  # every rank's share is on disk
+        for number, idx in enumerate(shards):
+            if number not in have:
+                found = _read_shard(Path(shard_dir) / f"{number:06d}.npz", out, len(idx))
+                if found is None:
+                    raise RuntimeError(f"shard {number} of the teacher outputs is missing from {shard_dir}: the rank "
+                                       f"{number % world} that labels it did not write it")
+                for k, v in found.items():
+                    out[k][idx] = v
+        log.info("Teacher outputs: rank %d of %d labelled %s of %s texts", rank, world, f"{labelled:,}",
+                 f"{len(texts):,}")
     if reused:
         log.info("Teacher outputs: reused %s of %s texts (%d shards) that an interrupted run left in %s", f"{reused:,}",
                  f"{len(texts):,}", -(-reused // shard_size), shard_dir)
     return out
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 outside ``torch.distributed``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def _batch_outputs(teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
@@ -141,6 +169,10 @@ def cached_teacher_outputs(
     shards = path.with_suffix(".parts")  # the finished shards of this labelling until it is whole
     outputs = teacher_outputs(teacher, tokenizer, texts, max_length, layers=layers, shard_dir=shards,
                               shard_size=SHARD_TEXTS)
-    _save_npz(path, outputs)
-    shutil.rmtree(shards, ignore_errors=True)
+    rank, world = _rank_and_world()
+    if world > 1:
+        torch.distributed.barrier()  # every rank has read every shard: the folder may go
+    if rank == 0:
+        _save_npz(path, outputs)
+        shutil.rmtree(shards, ignore_errors=True)
     return outputs, False
