@@ -73,3 +73,21 @@ def test_two_gloo_ranks_label_every_text_exactly_once_and_both_get_all_outputs(t
     with np.load(final) as saved:
         np.testing.assert_allclose(saved["logits"], alone, atol=1e-5)
         assert saved["hidden"].shape == (len(TEXTS), 1, 16)
+
+
+@pytest.mark.slow  # a 2-process DDP run of both stages on the CPU: ~1-2 min on 2 cores (run: pytest -m slow)
+def test_a_ddp_distillation_run_labels_the_transfer_set_across_its_ranks(tmp_path, tiny_teacher_dir):
+    """trainer=ddp over gloo, stage 1 fine-tuned in the run: both ranks label, each its share, and the run ends."""
+    from tests.conftest import TINY_RUN
+    from tests.test_train import _cli
+
+    done = _cli(*TINY_RUN, "+experiment=distill", "model=static", "model.hidden_size=16", "model.buckets=2048",
+                "tokenizer.vocab_size=600", "distill=logits", f"teacher.source={tiny_teacher_dir}",
+                "teacher.max_length=24", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                "trainer.precision=32-true", f"hydra.run.dir={tmp_path / 'run'}",
+                f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stderr + done.stdout + (tmp_path / "run" / "train.log").read_text()
+    for rank in (0, 1):
+        assert f"Teacher outputs: rank {rank} of 2 labelled" in log, log[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test/acc"] >= 0
