@@ -112,8 +112,8 @@ def run_size(rows: int, out: Path, seed: int, trainer: str = "cpu", overrides: t
     main = {name: max((b for t, b in sampler.main if lo <= t < hi), default=0) / 2**30 for name, lo, hi in bounds}
     metrics = json.loads((folder / "metrics.json").read_text())
     return {"rows": rows, "wall_s": wall, "timings": metrics["timings"], "train": metrics["data"]["train"],
-            "peak_gb": peaks, "peak_all_gb": max(b for _, b in sampler.samples) / 2**30, "max_rss_gb": max_rss, "main_rss_gb": main,
-            "test_acc": 100 * metrics["test/acc"]}
+            "peak_gb": peaks, "peak_all_gb": max(b for _, b in sampler.samples) / 2**30, "max_rss_gb": max_rss,
+            "main_rss_gb": main, "test_acc": 100 * metrics["test/acc"]}
 
 
 def _stamp(text: str, marker: str) -> float:

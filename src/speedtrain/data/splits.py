@@ -59,7 +59,8 @@ def make_splits(
                 f"the {split} split has label(s) {unseen[:10].tolist()} that the training data lacks; "
                 "add examples of them to the training data or drop them"
             )
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names.tolist())})
+    label = datasets.ClassLabel(names=names.tolist())
+    features = datasets.Features({"text": datasets.Value("string"), "label": label})
     return datasets.DatasetDict({  # label ids in the sorted names' order, in Arrow: no Python object per row
         s: datasets.Dataset(pa.table({"text": tables[s].column("text"),
                                       "label": pa.array(np.searchsorted(names, labels[s]), pa.int64())}),
@@ -115,7 +116,8 @@ def content_hash(ds: datasets.Dataset) -> bytes:
         ds = ds.flatten_indices()
     for batch in ds.data.table.select(["text", "label"]).to_batches(max_chunksize=65536):
         # the bytes of "<label>\x1e<text>\x1f" for every row, joined in Arrow (not a Python string per row)
-        rows = pc.binary_join_element_wise(pc.cast(batch.column("label"), pa.string()), batch.column("text"), "\x1e")
+        label, text = (pc.cast(batch.column(name), pa.string()) for name in ("label", "text"))  # 32-bit offsets
+        rows = pc.binary_join_element_wise(label, text, "\x1e")
         rows = pc.binary_join_element_wise(rows, pa.scalar(""), "\x1f")
         offsets, data = rows.buffers()[1:]
         ends = np.frombuffer(offsets, dtype=np.int32, count=len(rows) + 1, offset=4 * rows.offset)
