@@ -16,7 +16,7 @@ training process).
 
 Teacher labelling (``--teacher-texts``) runs :func:`speedtrain.distill.logit_cache.teacher_outputs` (the run's
 sharded labelling) over that many generated texts on ``--device``: with ``--teacher <folder>`` (default: the newest
-fine-tuned teacher in the cache) or ``random-minilm`` (MiniLM-L6's shape, random weights, a 30K WordPiece
+teacher in the cache, whatever run stored it: the cost per text depends on its size, not its training) or ``random-minilm`` (MiniLM-L6's shape, random weights, a 30K WordPiece
 vocabulary learned here: the same cost per text, for a machine without the checkpoint).
 """
 
