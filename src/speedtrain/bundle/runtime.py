@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from speedtrain.bundle.wordpiece import WordPieceCache
 from speedtrain.errors import UserError
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -130,13 +131,25 @@ class TextEncoder:
         # tokenizers >= 0.21: the same ids without computing character offsets (1.3x the texts/s here)
         self._encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         self._plain = _without_bert_normalizer(self.tokenizer)
+        self._words = WordPieceCache.for_tokenizer(self.tokenizer)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text (truncated, not padded).
 
-        A batch of printable ASCII texts skips the BERT normalizer, whose work on such text is at most lowercasing
-        (``str.lower`` does it here): 1.5x the texts/s of the full pipeline on the default data, same ids (tested).
+        With a BERT-style WordPiece tokenizer, printable ASCII texts are split into words and each word's pieces
+        looked up in a cache (:class:`~speedtrain.bundle.wordpiece.WordPieceCache`): 4x the texts/s of the
+        tokenizer on 2 cores (``scripts/bench_tokenize.py``); the other texts go through the tokenizer. Without it,
+        a batch of printable ASCII texts skips the BERT normalizer, whose work on such text is at most lowercasing
+        (``str.lower`` does it here): 1.5x. Same ids either way (tested).
         """
+        if self._words is not None:
+            words = self._words
+            rows = [words.encode(t) if words.accepts(t) else None for t in texts]
+            rest = [i for i, row in enumerate(rows) if row is None]
+            if rest:
+                for i, e in zip(rest, self._encode_batch([texts[i] for i in rest])):
+                    rows[i] = e.ids
+            return rows
         if self._plain is not None and all(t.isascii() and t.isprintable() for t in texts):
             plain, lowercase = self._plain
             encode = getattr(plain, "encode_batch_fast", plain.encode_batch)
