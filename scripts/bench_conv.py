@@ -3,9 +3,13 @@
     python scripts/bench_conv.py                          # 128 and 64 filters, 24 and 64 pieces, batch 256
     python scripts/bench_conv.py --filters 128 --lengths 24 --repeats 21
 
-Both forms hold the same weights and give the same logits (checked here); the script exports each to ONNX (as a
-bundle does), runs it with ONNX Runtime on all cores at batch ``--batch`` and prints the median texts/s of
-``--repeats`` calls, the plain ``static`` bag (no convolution) as the ceiling. Model time only: no tokenizer.
+Three forms of the same weights, the same logits (checked here, padded texts included): ``nn.Conv1d`` over
+(B, D, T); "sliced windows" (each window joined from 3 slices of the padded vectors, one matrix product, the form
+of 2026-12-06 afternoon); "gathered windows" (each window's rows gathered from the table, bias and ReLU after the
+max: the model's code now). The script exports each to ONNX (as a bundle does), runs it with ONNX Runtime on all
+cores at batch ``--batch`` and prints the median texts/s over ``--rounds`` rounds of ``--repeats`` calls (the
+forms take turns within a round), the plain ``static`` bag (no convolution) as the ceiling. Model time only: no
+tokenizer.
 """
 
 from __future__ import annotations
@@ -29,9 +33,23 @@ from speedtrain.models.static import StaticForSequenceClassification, build_stat
 class Conv1dForm(StaticForSequenceClassification):
     """The first form (2026-12-06 morning): the pieces' vectors transposed to (B, D, T) through ``nn.Conv1d``."""
 
-    def conv_features(self, input_ids, attention_mask, vectors):
-        maps = torch.relu(self.conv(vectors[:, : input_ids.shape[1]].transpose(1, 2)))  # (B, K, T)
+    def conv_features(self, input_ids, attention_mask, table=None):
+        vectors = self.embeddings(input_ids)  # (B, T, D)
+        maps = torch.relu(self.conv(vectors.transpose(1, 2)))  # (B, K, T)
         return (maps * attention_mask.unsqueeze(1).to(maps.dtype)).amax(dim=2)
+
+
+class SlicedWindowsForm(StaticForSequenceClassification):
+    """The second form (2026-12-06 afternoon): the vectors zero-padded, each window built from 3 slices joined
+    along the features, one matrix product, bias and ReLU on every position, padding zeroed after the ReLU."""
+
+    def conv_features(self, input_ids, attention_mask, table=None):
+        length, k = input_ids.shape[1], self.config.conv_kernel
+        x = torch.nn.functional.pad(self.embeddings(input_ids), (0, 0, k // 2, k // 2))  # (B, T + k - 1, D)
+        windows = torch.cat([x[:, j:j + length] for j in range(k)], dim=2)  # (B, T, k * D)
+        weight = self.conv.weight.permute(0, 2, 1).reshape(self.conv.out_channels, -1)
+        maps = torch.relu(torch.nn.functional.linear(windows, weight, self.conv.bias))  # (B, T, K)
+        return (maps * attention_mask.unsqueeze(2).to(maps.dtype)).amax(dim=1)
 
 
 def texts_per_s(path: Path, batch: int, length: int, repeats: int, threads: int) -> float:
@@ -53,10 +71,11 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[24, 64])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
-          f"batch {args.batch}, median of {args.repeats}; vocabulary 30,522, hidden 96, 32,768 buckets\n")
+          f"batch {args.batch}, median of {args.rounds} rounds of {args.repeats} calls; vocabulary 30,522, hidden 96, 32,768 buckets\n")
     print("| filters | form | " + " | ".join(f"texts/s, {n} pieces" for n in args.lengths) + " |")
     print("|---|---|" + "---:|" * len(args.lengths))
     folder = Path(tempfile.mkdtemp())
@@ -64,19 +83,31 @@ def main() -> None:
     for filters in [0, *args.filters]:
         torch.manual_seed(0)
         model = build_static_student(conv_channels=filters, **sizes).eval()
-        forms = {"bag only": model} if not filters else {"Conv1d": Conv1dForm(model.config), "matmul": model}
+        forms = {"bag only": model}
         if filters:
-            forms["Conv1d"].load_state_dict(model.state_dict())
-            forms["Conv1d"].eval()
+            forms = {"Conv1d": Conv1dForm(model.config), "sliced windows": SlicedWindowsForm(model.config),
+                     "gathered windows": model}
             ids = torch.randint(5, 30_000, (4, 20))
-            with torch.no_grad():
-                a, b = (m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits for m in forms.values())
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)  # the same numbers
+            mask = torch.ones_like(ids)
+            mask[:2, 14:] = 0  # two padded texts
+            ids[:2, 14:] = model.config.pad_token_id
+            for form in forms.values():
+                form.load_state_dict(model.state_dict())
+                form.eval()
+                with torch.no_grad():  # the same numbers
+                    torch.testing.assert_close(form(input_ids=ids, attention_mask=mask).logits,
+                                               model(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-4)
+        paths = {name: folder / f"{filters}-{name.replace(' ', '-')}.onnx" for name in forms}
         for name, form in forms.items():
-            path = folder / f"{filters}-{name}.onnx"
-            export_onnx(form, path, max_length=64)
-            speeds = [texts_per_s(path, args.batch, n, args.repeats, args.threads) for n in args.lengths]
-            print(f"| {filters} | {name} | " + " | ".join(f"{v:,.0f}" for v in speeds) + " |", flush=True)
+            export_onnx(form, paths[name], max_length=64)
+        speeds = {name: [] for name in forms}
+        for _ in range(args.rounds):  # the forms take turns: the host's noise falls on each alike
+            for name, path in paths.items():
+                speeds[name].append([texts_per_s(path, args.batch, n, args.repeats, args.threads)
+                                     for n in args.lengths])
+        for name, rounds in speeds.items():
+            medians = [statistics.median(r[i] for r in rounds) for i in range(len(args.lengths))]
+            print(f"| {filters} | {name} | " + " | ".join(f"{v:,.0f}" for v in medians) + " |", flush=True)
 
 
 if __name__ == "__main__":
