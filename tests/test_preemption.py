@@ -151,7 +151,7 @@ def test_sigterm_while_the_teacher_labels_keeps_its_finished_shards(fine_tuned_t
         logit_cache.cached_teacher_outputs(fine_tuned_teacher, teacher, tokenizer, texts, 24, cache)
     assert stop.value.code == 143 and "the outputs of 512 are kept in" in stop.value.message
     (parts,) = (cache / "logits").glob("*.parts")
-    assert sorted(p.name for p in parts.iterdir()) == ["000000.npz", "000001.npz"] and len(calls) == 4
+    assert sorted(p.name for p in parts.glob("*.npz")) == ["000000.npz", "000001.npz"] and len(calls) == 4
 
     with caplog.at_level(logging.INFO, logger="speedtrain"):
         outputs, from_cache = logit_cache.cached_teacher_outputs(fine_tuned_teacher, teacher, tokenizer, texts, 24,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy
@@ -18,7 +19,7 @@ from speedtrain.config import compose_config, config_dir
 from speedtrain.data.device import DeviceBatches
 from speedtrain.errors import UserError
 from speedtrain.pipeline import run
-from speedtrain.trainer import batch_plan, build_trainer, check_trainer
+from speedtrain.trainer import batch_plan, build_trainer, check_trainer, predict_trainers
 from tests.conftest import EXPORT_TINY, TINY, run_train_py
 
 TRAINERS = sorted(p.stem for p in (config_dir() / "trainer").glob("*.yaml"))
@@ -41,6 +42,21 @@ def test_every_trainer_config_builds_its_strategy():
         else:
             assert strategy is None and t.devices == 1
         assert t.accelerator == ("cpu" if name == "cpu" else "gpu") and "speed" in t
+
+
+def test_runs_of_several_processes_label_with_a_ddp_predict_trainer(tmp_path):
+    """One process labels in process (None); DDP gets a Trainer of the run's devices and strategy for the predict
+    loop, without loggers or checkpoints (DeepSpeed's needs CUDA: its factory exists, built on a GPU only)."""
+    base = ["+experiment=distill", f"paths.output_dir={tmp_path}"]
+    assert predict_trainers(compose_config([*base, "trainer=cpu"])) is None
+    assert predict_trainers(compose_config([*base, "trainer=deepspeed_stage2"])) is not None
+    make = predict_trainers(compose_config([*base, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                            "trainer.precision=32-true"]))
+    marker = pl.Callback()
+    trainer = make([marker])
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 2 and trainer.num_devices == 2
+    assert trainer.strategy._ddp_kwargs["gradient_as_bucket_view"]  # the run's own DDP strategy node
+    assert marker in trainer.callbacks and not trainer.loggers and trainer.checkpoint_callback is None
 
 
 def test_global_batch_and_lr_scaling_follow_the_trainer(tmp_path):

@@ -29,7 +29,7 @@ from speedtrain.errors import UserError
 from speedtrain.families import model_name
 from speedtrain.fit import fit_and_evaluate
 from speedtrain.models.teacher import load_tokenizer, resolve_source
-from speedtrain.trainer import fit_epochs
+from speedtrain.trainer import fit_epochs, predict_trainers
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ def prepare_distillation(cfg: DictConfig, datamodule: TextDataModule, loss, teac
                         "=online, or token-level intermediate terms) pass distill=logits, or drop distill.unlabeled")
     metrics, teacher = attach_teacher(cfg.teacher, teacher_dir, datamodule, cfg.paths.cache_dir, augment,
                                       online=online, hidden_layers=layers, unlabeled=unlabeled,
-                                      unlabeled_weight=float(d.get("unlabeled_weight", 1.0)))
+                                      unlabeled_weight=float(d.get("unlabeled_weight", 1.0)),
+                                      make_trainer=predict_trainers(cfg))
     metrics.update(stage1, **{"distill/teacher_logits": "online" if online else "cache"})
     module = {"loss": loss, "teacher": teacher, "shared_tokens": shared}
     if inter is not None:

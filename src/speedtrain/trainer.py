@@ -143,6 +143,28 @@ def build_trainer(cfg: DictConfig, prefix: str = "", extra_callbacks: list | Non
     return trainer
 
 
+def predict_trainers(cfg: DictConfig):
+    """For a run of several processes (a parallel ``trainer.strategy``): ``callbacks -> Trainer`` to label texts with
+    the teacher through Lightning's predict loop, on the run's accelerator, devices, nodes and precision. Its
+    strategy is the run's DDP one (DeepSpeed and others: plain DDP, the teacher is replicated). None for a run of
+    one process (it labels in process)."""
+    name = strategy_name(cfg)
+    if name in ("auto", "single_device"):
+        return None
+    t = cfg.trainer
+
+    def make(callbacks: list[pl.Callback]) -> pl.Trainer:
+        check_trainer(cfg)
+        prepare_ddp_relaunch()
+        strategy = t.strategy if name.startswith("ddp") else "ddp"
+        return pl.Trainer(accelerator=t.get("accelerator", "auto"), devices=t.get("devices", "auto"),
+                          num_nodes=t.get("num_nodes", 1), precision=t.get("precision"),
+                          strategy=instantiate(strategy) if isinstance(strategy, DictConfig) else strategy,
+                          callbacks=callbacks, logger=False, enable_checkpointing=False, enable_model_summary=False)
+
+    return make
+
+
 def fit_epochs(cfg: DictConfig, train_rows: int) -> int | None:
     """The epochs a fit of ``cfg`` on ``train_rows`` training inputs makes (``trainer.min_steps`` counted)."""
     return epochs_for_min_steps(cfg.trainer, train_rows, int(cfg.data.batch_size))

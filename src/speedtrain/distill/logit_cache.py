@@ -9,6 +9,7 @@ texts in order, the input length and the layers: other data or another teacher i
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import tempfile
@@ -32,7 +33,7 @@ SHARD_TEXTS = 1024  # texts per shard of an unfinished labelling: what a stop si
 def teacher_outputs(
     teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
     batch_size: int = 128, layers: tuple[int, ...] = (), shard_dir: str | Path | None = None,
-    shard_size: int = SHARD_TEXTS,
+    shard_size: int = SHARD_TEXTS, make_trainer=None,
 ) -> dict[str, np.ndarray]:
     """The teacher's ``logits`` (N, C) for ``texts`` in eval mode, batched (sorted by length for speed), and with
     ``layers`` the masked token mean of those ``hidden_states`` (0: embeddings) as ``hidden`` (N, len(layers), H).
@@ -42,6 +43,11 @@ def teacher_outputs(
     raises :class:`~speedtrain.stopping.Stopped`) or killed continues where it was. Under ``torch.distributed``
     (DDP ranks, several nodes with a shared cache folder) rank ``r`` of ``w`` labels the shards ``r, r + w, ...``
     that no earlier run left, then, after a barrier, every rank reads all of them: each text is labelled once.
+
+    With ``make_trainer`` (``callbacks -> Trainer``: the run's strategy, devices and precision) and ``shard_dir``,
+    Lightning's predict loop labels the shards instead (:mod:`speedtrain.distill.labelling`): a run of several
+    processes that were not started yet (a cached teacher, nothing fitted before) starts them, and each labels
+    its share.
     """
     teacher.eval()
     order = np.array(sorted(range(len(texts)), key=lambda i: len(texts[i])), dtype=np.int64)
@@ -49,13 +55,18 @@ def teacher_outputs(
     if layers:
         out["hidden"] = np.zeros((len(texts), len(layers), teacher.config.hidden_size), dtype=np.float32)
     shards = [order[start : start + shard_size] for start in range(0, len(texts), shard_size)]
+    if make_trainer is not None and shard_dir is not None:
+        from speedtrain.distill.labelling import predict_outputs
+
+        return predict_outputs(make_trainer, teacher, tokenizer, texts, shards, out, max_length, layers, batch_size,
+                               Path(shard_dir))
     rank, world = _rank_and_world() if shard_dir is not None else (0, 1)
     done = reused = 0
     have: set[int] = set()  # the shards whose rows are filled
     with stopping.deferred():
         for number, idx in enumerate(track(shards, description="teacher outputs", transient=True,
                                            disable=len(shards) < 2 or rank > 0)):
-            part = Path(shard_dir) / f"{number:06d}.npz" if shard_dir is not None else None
+            part = shard_path(shard_dir, number) if shard_dir is not None else None
             found = _read_shard(part, out, len(idx))
             if found is not None:
                 for k, v in found.items():
@@ -85,7 +96,7 @@ def teacher_outputs(
         torch.distributed.barrier()  # every rank's share is on disk
         for number, idx in enumerate(shards):
             if number not in have:
-                found = _read_shard(Path(shard_dir) / f"{number:06d}.npz", out, len(idx))
+                found = _read_shard(shard_path(shard_dir, number), out, len(idx))
                 if found is None:
                     raise RuntimeError(f"shard {number} of the teacher outputs is missing from {shard_dir}: the rank "
                                        f"{number % world} that labels it did not write it")
@@ -97,6 +108,35 @@ def teacher_outputs(
         log.info("Teacher outputs: reused %s of %s texts (%d shards) that an interrupted run left in %s", f"{reused:,}",
                  f"{len(texts):,}", -(-reused // shard_size), shard_dir)
     return out
+
+
+def shard_path(shard_dir: str | Path, number: int) -> Path:
+    """The file of shard ``number`` in ``shard_dir``."""
+    return Path(shard_dir) / f"{number:06d}.npz"
+
+
+def _claim_shard_folder(folder: Path, labelling: dict) -> None:
+    """Write ``labelling`` (the teacher's weights digest, the texts, the shard size) as the shard folder's
+    ``labelling.json``, or check that the folder's is this one: shards of another teacher (a copied or renamed
+    folder) or another shard size are never mixed in. A folder without one (an older run's) is taken as it is."""
+    from speedtrain.errors import UserError
+
+    manifest = folder / "labelling.json"
+    if manifest.is_file():
+        try:
+            found = json.loads(manifest.read_text())
+        except ValueError:
+            found = None
+        if found != labelling:
+            other = found.get("teacher") if isinstance(found, dict) else "unreadable"
+            raise UserError(f"{folder} holds teacher outputs of another labelling (teacher {other}, not "
+                            f"{labelling['teacher']}; {manifest.name}: {found}); remove that folder "
+                            f"(rm -r {folder}) or use another paths.cache_dir")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".json", delete=False) as f:
+        json.dump(labelling, f)
+    Path(f.name).replace(manifest)  # ranks that race write the same bytes
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -150,15 +190,17 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def cached_teacher_outputs(
     teacher_dir: str | Path, teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-    max_length: int, cache_dir: str | Path, layers: tuple[int, ...] = (),
+    max_length: int, cache_dir: str | Path, layers: tuple[int, ...] = (), make_trainer=None,
 ) -> tuple[dict[str, np.ndarray], bool]:
-    """:func:`teacher_outputs`, cached under ``cache_dir/logits``.
+    """:func:`teacher_outputs`, cached under ``cache_dir/logits`` (``make_trainer``: label with Lightning's predict
+    loop, see there).
 
     Returns:
         The outputs (``logits``, and ``hidden`` with ``layers``) and whether they came from the cache.
     """
     layers = tuple(int(layer) for layer in layers)
-    h = hashlib.sha256(f"{weights_digest(teacher_dir)}/{max_length}/{len(texts)}/{layers}".encode())
+    digest = weights_digest(teacher_dir)
+    h = hashlib.sha256(f"{digest}/{max_length}/{len(texts)}/{layers}".encode())
     for text in texts:
         h.update(text.encode())
         h.update(b"\0")
@@ -167,8 +209,10 @@ def cached_teacher_outputs(
         with np.load(path) as cached:
             return {k: cached[k] for k in cached.files}, True
     shards = path.with_suffix(".parts")  # the finished shards of this labelling until it is whole
+    _claim_shard_folder(shards, {"teacher": digest, "texts": len(texts), "max_length": max_length,
+                                 "layers": list(layers), "shard_texts": SHARD_TEXTS})
     outputs = teacher_outputs(teacher, tokenizer, texts, max_length, layers=layers, shard_dir=shards,
-                              shard_size=SHARD_TEXTS)
+                              shard_size=SHARD_TEXTS, make_trainer=make_trainer)
     rank, world = _rank_and_world()
     if world > 1:
         torch.distributed.barrier()  # every rank has read every shard: the folder may go

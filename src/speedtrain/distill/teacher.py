@@ -122,7 +122,7 @@ def store_teacher(model_dir: str | Path, cache_dir: str | Path, key: str, metric
 def attach_teacher(
     teacher_cfg: DictConfig, path: str | Path, datamodule: TextDataModule, cache_dir: str,
     augment: dict | None = None, online: bool = False, hidden_layers: tuple[int, ...] = (),
-    unlabeled: list[str] | None = None, unlabeled_weight: float = 1.0,
+    unlabeled: list[str] | None = None, unlabeled_weight: float = 1.0, make_trainer=None,
 ) -> tuple[dict, PreTrainedModel | None]:
     """Bring the teacher's knowledge of the training inputs into ``datamodule``; return its metrics.
 
@@ -138,6 +138,8 @@ def attach_teacher(
             training split with the teacher's logits and its top class as the label, each weighing
             ``unlabeled_weight`` in the loss against 1 for a labelled input (``sample_weight``). Texts of any
             split are dropped first (no test text is trained on), and repeats.
+        make_trainer: ``callbacks -> Trainer`` of a run of several processes: the teacher labels through its
+            predict loop, each rank its share (:mod:`speedtrain.distill.labelling`).
 
     With a ``teacher_cfg.ngram`` node (``teacher=ensemble``) the cached logits are the combination of the
     transformer's with an n-gram model's (:func:`~speedtrain.distill.ngram_teacher.ensemble_logits`), and
@@ -163,7 +165,8 @@ def attach_teacher(
     metrics: dict = {"teacher/params": sum(p.numel() for p in teacher.parameters()), "teacher/dir": path}
 
     def outputs_of(texts: list[str], layers: tuple[int, ...] = ()) -> tuple[dict[str, np.ndarray], bool]:
-        return cached_teacher_outputs(path, teacher, tokenizer, texts, teacher_cfg.max_length, cache_dir, layers)
+        return cached_teacher_outputs(path, teacher, tokenizer, texts, teacher_cfg.max_length, cache_dir, layers,
+                                      make_trainer=make_trainer)
 
     evaluated = {}
     for split, key in (("validation", "val"), ("test", "test")):  # the teacher's own accuracy (cached logits)
