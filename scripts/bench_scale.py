@@ -15,7 +15,8 @@ log lines that end them (data, fit, the rest), and ``max RSS`` the largest resid
 training process).
 
 Teacher labelling (``--teacher-texts``) runs :func:`speedtrain.distill.logit_cache.teacher_outputs` (the run's
-sharded labelling) over that many generated texts on ``--device``: with ``--teacher <folder>`` (default: the newest
+sharded labelling) over that many generated texts on ``--device``, in process and/or (``--labelling lightning``)
+through Lightning's predict loop with a DDP Trainer of ``--devices`` devices, as a run of a parallel trainer does: with ``--teacher <folder>`` (default: the newest
 teacher in the cache, whatever run stored it: the cost per text depends on its size, not its training) or ``random-minilm`` (MiniLM-L6's shape, random weights, a 30K WordPiece
 vocabulary learned here: the same cost per text, for a machine without the checkpoint).
 """
@@ -28,6 +29,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -125,8 +127,10 @@ def _stamp(text: str, marker: str) -> float:
     return float("nan")
 
 
-def label_texts(count: int, teacher: str, device: str, out: Path, seed: int) -> dict:
-    """Texts/s of the run's teacher labelling over ``count`` generated texts."""
+def label_texts(count: int, teacher: str, device: str, out: Path, seed: int, labelling: str = "process",
+                devices: int = 1) -> dict:
+    """Texts/s of the run's teacher labelling over ``count`` generated texts: in process, or (``lightning``)
+    through Lightning's predict loop with a DDP Trainer of ``devices`` devices, as a run of a parallel trainer."""
     import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
                               BertForSequenceClassification)
@@ -153,13 +157,27 @@ def label_texts(count: int, teacher: str, device: str, out: Path, seed: int) -> 
     if device.startswith("cuda"):
         model = model.to(torch.bfloat16)
     batch = 512 if device.startswith("cuda") else 128
-    with tempfile.TemporaryDirectory() as shards:
-        teacher_outputs(model, tokenizer, texts[:batch], 64, batch_size=batch)  # warm-up
-        started = time.perf_counter()
-        outputs = teacher_outputs(model, tokenizer, texts, 64, batch_size=batch, shard_dir=shards)
-        seconds = time.perf_counter() - started
+    make_trainer = None
+    if labelling == "lightning":
+        import pytorch_lightning as pl
+
+        def make_trainer(callbacks):
+            return pl.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=devices,
+                              strategy="ddp", callbacks=callbacks, logger=False, enable_checkpointing=False,
+                              enable_model_summary=False, enable_progress_bar=False)
+    # the shards under out/ (a fixed path: every process of a multi-device run finds the same folder), cleared by
+    # the first process before it starts the others; kept after (another process may still read them)
+    shards = out / f"shards-{count}-{labelling}-{devices}"
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        shutil.rmtree(shards, ignore_errors=True)
+    teacher_outputs(model, tokenizer, texts[:batch], 64, batch_size=batch)  # warm-up
+    started = time.perf_counter()
+    outputs = teacher_outputs(model, tokenizer, texts, 64, batch_size=batch, shard_dir=shards,
+                              make_trainer=make_trainer)
+    seconds = time.perf_counter() - started
     assert outputs["logits"].shape == (count, model.config.num_labels)
     return {"texts": count, "seconds": seconds, "texts_per_s": count / seconds, "device": device,
+            "labelling": labelling if labelling == "process" else f"Lightning predict, {devices} device(s)",
             "teacher": "MiniLM-L6 shape, random weights" if teacher == "random-minilm" else Path(teacher).name,
             "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None}
 
@@ -179,6 +197,10 @@ def main() -> None:
     parser.add_argument("--teacher-texts", type=int, nargs="*", default=[10_000])
     parser.add_argument("--teacher", default=None, help="a teacher folder, or random-minilm (default: the newest)")
     parser.add_argument("--device", default="cpu", help="the teacher's device (cpu, cuda)")
+    parser.add_argument("--labelling", nargs="+", default=["process"], choices=["process", "lightning"],
+                        help="teacher labelling in process, and/or through Lightning's predict loop (a DDP Trainer)")
+    parser.add_argument("--devices", type=int, default=1, help="devices of the Lightning labelling (more than one: "
+                        "the script runs again in each process, as train.py does; pass no --rows then)")
     parser.add_argument("--trainer", default="cpu", help="the runs' trainer group (cpu, gpu)")
     parser.add_argument("--override", action="append", default=[], help="more train.py overrides, e.g. "
                         "export.teacher=false (no teacher row in the bundle's benchmark)")
@@ -190,7 +212,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     runs = [run_size(n, out, args.seed, args.trainer, tuple(args.override)) for n in args.rows]
     teacher = args.teacher or (newest_teacher() if args.teacher_texts else None)
-    labelled = [label_texts(n, teacher, args.device, out, args.seed) for n in args.teacher_texts]
+    labelled = [label_texts(n, teacher, args.device, out, args.seed, how, args.devices) for n in args.teacher_texts
+                for how in args.labelling]
+    if int(os.environ.get("LOCAL_RANK", 0)) > 0:  # another process of a multi-device labelling: rank 0 reports
+        return
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB\n")
     if runs:
@@ -205,11 +230,11 @@ def main() -> None:
               f"{t.get('export_s', 0):.1f} | {r['wall_s']:.1f} | {1000 * r['wall_s'] / r['rows']:.2f} | {peaks} | "
               f"{r['max_rss_gb']:.2f} | {r['test_acc']:.2f} |")
     if labelled:
-        print("\n| teacher texts | device | teacher | seconds | texts/s |")
-        print("|---:|---|---|---:|---:|")
+        print("\n| teacher texts | device | teacher | labelling | seconds | texts/s |")
+        print("|---:|---|---|---|---:|---:|")
     for row in labelled:
-        print(f"| {row['texts']:,} | {row['gpu'] or row['device']} | {row['teacher']} | {row['seconds']:.1f} | "
-              f"{row['texts_per_s']:,.0f} |")
+        print(f"| {row['texts']:,} | {row['gpu'] or row['device']} | {row['teacher']} | {row['labelling']} | "
+              f"{row['seconds']:.1f} | {row['texts_per_s']:,.0f} |")
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "teacher": labelled}, indent=1))
 
