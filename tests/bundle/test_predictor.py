@@ -79,3 +79,26 @@ def test_cache_counts_hits_by_normalised_text(tiny_bundle, texts):
 def test_bad_input(tiny_bundle, bad, message):
     with pytest.raises(UserError, match=message):
         Predictor.load(tiny_bundle, variant="onnx").predict(bad)
+
+
+def test_workers_run_batches_at_once_and_split_a_single_batch_in_order(tiny_bundle, texts):
+    """workers > 1: the batches of a call run concurrently (one batch is split), same probabilities, same order."""
+    runner = load_runner(tiny_bundle, "onnx", 1)
+    encoder = TextEncoder(tiny_bundle, 32)
+    calls: list[int] = []
+
+    def counted(ids, mask):
+        calls.append(len(ids))
+        return runner(ids, mask)
+
+    one = Predictor(runner, encoder, ["a", "b"], cache_size=0)
+    many = Predictor(counted, encoder, ["a", "b"], cache_size=0, workers=3)
+    same = ["live horses"] * 7  # one batch of 7 equal texts: split into 3 parts
+    np.testing.assert_allclose(many.probabilities(same), one.probabilities(same), atol=1e-6)
+    assert sorted(calls) == [2, 2, 3]
+    calls.clear()
+    mixed = [texts[3], texts[0], "x", *texts[5:30]]
+    np.testing.assert_allclose(many.probabilities(mixed), one.probabilities(mixed), atol=1e-6)
+    assert sum(calls) == len(mixed) and len(calls) >= 3
+    with pytest.raises(UserError, match="workers=0"):
+        Predictor(runner, encoder, ["a", "b"], workers=0)

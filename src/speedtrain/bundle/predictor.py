@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +31,22 @@ class Predictor:
         labels: label names, by class index.
         batch_size: largest batch one model call gets (inputs are split into batches of similar token counts).
         cache_size: results kept (LRU) keyed by the normalised text; 0 turns the cache off.
+        workers: model calls run at once (threads; give it a runner of one intra-op thread then): the batches of
+            one call are spread over them, a single batch split in parts. :meth:`load` does this for ``threads``.
     """
 
     def __init__(self, runner, encoder: TextEncoder, labels: list[str], batch_size: int = 256,
-                 cache_size: int = 65536, variant: str = ""):
+                 cache_size: int = 65536, variant: str = "", workers: int = 1):
         if batch_size <= 0:
             raise UserError(f"batch_size={batch_size} must be positive")
         if cache_size < 0:
             raise UserError(f"cache_size={cache_size} must be >= 0 (0 turns the cache off)")
+        if workers < 1:
+            raise UserError(f"workers={workers} must be >= 1")
         self.runner, self.encoder, self.labels = runner, encoder, list(labels)
-        self.batch_size, self.cache_size, self.variant = batch_size, cache_size, variant
+        self.batch_size, self.cache_size, self.variant, self.workers = batch_size, cache_size, variant, workers
         self._cache = LRUCache(cache_size)  # normalised text -> (C,) probabilities
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="predictor") if workers > 1 else None
 
     @classmethod
     def load(cls, bundle: str | Path, variant: str = "fast", threads: int | None = None, verify: bool = True,
@@ -47,7 +54,9 @@ class Predictor:
         """Load ``variant`` (``fast``: the one the bundle's manifest names) of the bundle folder ``bundle``.
 
         Args:
-            threads: the runtime's intra-op threads (None: all cores).
+            threads: the cores it uses (None: all): that many model calls at once, each on one thread. Small
+                batches keep two cores busier this way than one call on two intra-op threads: 1.10-1.38x the
+                texts/s end to end at batch 256 on 2 cores (``scripts/bench_predictor.py``, docs/benchmarks.md).
             verify: check every file against the manifest's hashes first (a changed or missing file is an error).
             **kwargs: ``batch_size``, ``cache_size``.
         """
@@ -56,8 +65,10 @@ class Predictor:
         if name not in manifest["variants"]:
             raise UserError(f"variant {variant!r} is not in the bundle {bundle}; it has {sorted(manifest['variants'])} "
                             "(or 'fast')")
-        runner = load_runner(bundle, name, threads)
-        return cls(runner, TextEncoder(bundle, manifest["max_length"]), manifest["labels"], variant=name, **kwargs)
+        threads = threads or os.cpu_count() or 1
+        runner = load_runner(bundle, name, 1)
+        return cls(runner, TextEncoder(bundle, manifest["max_length"]), manifest["labels"], variant=name,
+                   workers=threads, **kwargs)
 
     def predict(self, texts: list[str]) -> list[dict]:
         """``[{"label": name, "score": probability}]`` for each text, in order."""
@@ -102,15 +113,25 @@ class Predictor:
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """``(N, C)`` probabilities of checked texts, no cache (the server's batches). Texts are sorted by token
-        count into batches of at most ``batch_size``, each padded only to its own longest text."""
+        count into batches of at most ``batch_size``, each padded only to its own longest text; with ``workers``
+        the batches run at once (a call of fewer batches than workers has them split)."""
         if len(texts) == 1:
             return softmax(self.runner(*self.encoder(texts)))
-        out = None
-        for chunk, ids, mask in self.encoder.groups(texts, self.batch_size):
-            probs = softmax(self.runner(ids, mask))
-            if out is None:
-                out = np.empty((len(texts), probs.shape[1]), dtype=np.float32)
-            out[chunk] = probs
+        groups = list(self.encoder.groups(texts, self.batch_size))
+        if self._pool is not None:
+            while len(groups) < self.workers:
+                largest = max(range(len(groups)), key=lambda i: len(groups[i][0]))
+                if len(groups[largest][0]) < 2:
+                    break
+                chunk, ids, mask = groups.pop(largest)
+                half = len(chunk) // 2
+                groups += [(chunk[:half], ids[:half], mask[:half]), (chunk[half:], ids[half:], mask[half:])]
+            results = list(self._pool.map(lambda group: self.runner(group[1], group[2]), groups))
+        else:
+            results = [self.runner(ids, mask) for _, ids, mask in groups]
+        out = np.empty((len(texts), results[0].shape[1]), dtype=np.float32)
+        for (chunk, _, _), logits in zip(groups, results):
+            out[chunk] = softmax(logits)
         return out
 
 
