@@ -277,6 +277,8 @@ def benchmark_teacher(teacher: dict, texts: Sequence[str], options: BenchOptions
 
 
 def _predictor(folder: Path, variant: str, threads: int | None, encoder: TextEncoder, labels: list[str]):
+    """The Predictor as ``Predictor.load`` builds it: ``threads`` single-threaded model calls at once."""
     from speedtrain.bundle.predictor import Predictor
 
-    return Predictor(load_runner(folder, variant, threads), encoder, labels, cache_size=0, variant=variant)
+    return Predictor(load_runner(folder, variant, 1), encoder, labels, cache_size=0, variant=variant,
+                     workers=threads or os.cpu_count() or 1)
