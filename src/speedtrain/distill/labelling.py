@@ -67,12 +67,10 @@ class ShardWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0) -> None:
-        number, shard = prediction
-        if number < 0:
-            pass
-        elif shard is None:
+        number, shard = prediction  # number -1: an empty item
+        if number >= 0 and shard is None:
             self.reused += self.sizes[number]
-        else:
+        elif number >= 0:
             _save_npz(shard_path(self.shard_dir, number), shard)
             self.labelled += self.sizes[number]
         if stopping.requested() is not None:
