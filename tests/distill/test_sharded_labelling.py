@@ -26,6 +26,16 @@ def _teacher(folder: Path):
     tokenizer.save_pretrained(folder)
 
 
+def _recording(batch_outputs, labelled: list[str]):
+    """``batch_outputs`` that also appends the texts it labels to ``labelled``."""
+
+    def spy(teacher, tokenizer, texts, max_length, layers):
+        labelled.extend(texts)
+        return batch_outputs(teacher, tokenizer, texts, max_length, layers)
+
+    return spy
+
+
 def _rank(rank: int, world: int, root: str) -> None:
     """One process: join the group, label through the run's cache, write what it labelled and got."""
     import speedtrain.distill.logit_cache as logit_cache
@@ -35,13 +45,7 @@ def _rank(rank: int, world: int, root: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{root / 'group'}", rank=rank,
                                          world_size=world)
     labelled: list[str] = []
-    batch_outputs = logit_cache._batch_outputs
-
-    def spy(teacher, tokenizer, texts, max_length, layers):
-        labelled.extend(texts)
-        return batch_outputs(teacher, tokenizer, texts, max_length, layers)
-
-    logit_cache._batch_outputs = spy
+    logit_cache._batch_outputs = _recording(logit_cache._batch_outputs, labelled)
     logit_cache.SHARD_TEXTS = 8  # 7 shards of 53 texts: 4 for rank 0, 3 for rank 1
     teacher = AutoModelForSequenceClassification.from_pretrained(root / "teacher")
     tokenizer = AutoTokenizer.from_pretrained(root / "teacher")
@@ -89,13 +93,7 @@ def _lightning_rank(rank: int, world: int, root: str, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank), NODE_RANK="0")
     root = Path(root)
     labelled: list[str] = []
-    batch_outputs = labelling._batch_outputs
-
-    def spy(teacher, tokenizer, texts, max_length, layers):
-        labelled.extend(texts)
-        return batch_outputs(teacher, tokenizer, texts, max_length, layers)
-
-    labelling._batch_outputs = spy
+    labelling._batch_outputs = _recording(labelling._batch_outputs, labelled)
     logit_cache.SHARD_TEXTS = 8
 
     def make_trainer(callbacks):
