@@ -28,6 +28,9 @@ def coalesced(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rows, values)`` of a sparse (COO, dim-0 sparse) gradient, duplicate rows summed: (U,), (U, D...)."""
     if grad.is_coalesced():
         return grad._indices()[0], grad._values()
+    indices = grad._indices()[0]
+    if indices.numel() < 2 or bool((indices[1:] > indices[:-1]).all()):  # each row once, in order (a lookup of
+        return indices, grad._values()  # torch.unique's rows: the static training forward's)
     rows, inverse = torch.unique(grad._indices()[0], return_inverse=True)  # faster than Tensor.coalesce on a CPU
     values = grad._values()
     summed = torch.zeros((rows.numel(), *values.shape[1:]), dtype=values.dtype, device=values.device)
@@ -107,15 +110,12 @@ class SparseAdamW(torch.optim.AdamW):
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["step"] += 1
-        step = float(state["step"])
         rows, grad = coalesced(p.grad)
-        exp_avg = state["exp_avg"].index_select(0, rows).lerp_(grad, 1 - beta1)
-        exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        state["exp_avg"].index_copy_(0, rows, exp_avg)
-        state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
-        weight = p.index_select(0, rows)
-        if group["weight_decay"]:
-            weight.mul_(1 - lr * group["weight_decay"])
-        denom = exp_avg_sq.div_(1 - beta2**step).sqrt_().add_(eps)
-        weight.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
-        p.index_copy_(0, rows, weight)
+        # the touched rows of the weight and its moments, updated by torch's fused AdamW kernel (one pass over
+        # them instead of ten elementwise ones), then written back
+        weight, exp_avg, exp_avg_sq = (t.index_select(0, rows) for t in (p, state["exp_avg"], state["exp_avg_sq"]))
+        torch._fused_adamw_([weight], [grad.contiguous()], [exp_avg], [exp_avg_sq], [], [state["step"].clone()],
+                            amsgrad=False, lr=lr, beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                            eps=eps, maximize=False)
+        for target, values in ((p, weight), (state["exp_avg"], exp_avg), (state["exp_avg_sq"], exp_avg_sq)):
+            target.index_copy_(0, rows, values)
