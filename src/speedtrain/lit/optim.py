@@ -9,8 +9,9 @@ see nothing new.
 
 ``torch.optim.SparseAdam`` does the same through sparse-tensor arithmetic (a ``coalesce`` and several sparse adds a
 step), which in an exploratory step loop on a 2-core CPU cost about as much as dense AdamW at batch 1024; the row
-form here uses one ``index_select`` and one ``index_copy_`` per state tensor. The whole training path is measured
-by ``scripts/bench_static_train.py``.
+form here uses one ``index_select`` and one ``index_copy_`` per state tensor and, between them, the fused AdamW
+kernel that ``torch.optim.AdamW(fused=True)`` runs (``torch._fused_adamw_``, CPU and CUDA since torch 2.4), on the
+gathered rows. The whole training path is measured by ``scripts/bench_static_train.py``.
 """
 
 from __future__ import annotations
