@@ -96,9 +96,11 @@ def test_coalesced_sums_duplicate_rows():
                                    check_invariants=True)
     rows, values = coalesced(grad)
     assert rows.tolist() == [1, 3] and values.flatten().tolist() == [2.0, 5.0]
-    unsorted = torch.sparse_coo_tensor(torch.tensor([[3, 1]]), torch.tensor([[1.0], [2.0]]), (5, 1))
+    unsorted = torch.sparse_coo_tensor(torch.tensor([[3, 1]]), torch.tensor([[1.0], [2.0]]), (5, 1),
+                                       check_invariants=True)
     assert coalesced(unsorted)[0].tolist() == [1, 3] and coalesced(unsorted)[1].flatten().tolist() == [2.0, 1.0]
-    once = torch.sparse_coo_tensor(torch.tensor([[0, 2, 4]]), torch.tensor([[1.0], [2.0], [3.0]]), (5, 1))
+    once = torch.sparse_coo_tensor(torch.tensor([[0, 2, 4]]), torch.tensor([[1.0], [2.0], [3.0]]), (5, 1),
+                                   check_invariants=True)
     rows, values = coalesced(once)  # each row once, in order: taken as it is (no sort, no sum)
     assert rows.tolist() == [0, 2, 4] and values.data_ptr() == once._values().data_ptr()
 
