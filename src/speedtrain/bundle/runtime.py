@@ -137,7 +137,7 @@ class TextEncoder:
         """Token ids of each text (truncated, not padded).
 
         With a BERT-style WordPiece tokenizer, printable ASCII texts are split into words and each word's pieces
-        looked up in a cache (:class:`~speedtrain.bundle.wordpiece.WordPieceCache`): 4x the texts/s of the
+        looked up in a cache (:class:`~speedtrain.bundle.wordpiece.WordPieceCache`): 2-5x the texts/s of the
         tokenizer on 2 cores (``scripts/bench_tokenize.py``); the other texts go through the tokenizer. Without it,
         a batch of printable ASCII texts skips the BERT normalizer, whose work on such text is at most lowercasing
         (``str.lower`` does it here): 1.5x. Same ids either way (tested).

@@ -32,7 +32,7 @@ def coalesced(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     indices = grad._indices()[0]
     if indices.numel() < 2 or bool((indices[1:] > indices[:-1]).all()):  # each row once, in order (a lookup of
         return indices, grad._values()  # torch.unique's rows: the static training forward's)
-    rows, inverse = torch.unique(grad._indices()[0], return_inverse=True)  # faster than Tensor.coalesce on a CPU
+    rows, inverse = torch.unique(indices, return_inverse=True)  # faster than Tensor.coalesce on a CPU
     values = grad._values()
     summed = torch.zeros((rows.numel(), *values.shape[1:]), dtype=values.dtype, device=values.device)
     return rows, summed.index_add_(0, inverse, values)
@@ -113,10 +113,11 @@ class SparseAdamW(torch.optim.AdamW):
         state["step"] += 1
         rows, grad = coalesced(p.grad)
         # the touched rows of the weight and its moments, updated by torch's fused AdamW kernel (one pass over
-        # them instead of ten elementwise ones), then written back
+        # them instead of ten elementwise ones; it reads the step count from a tensor on the rows' device), then
+        # written back
         weight, exp_avg, exp_avg_sq = (t.index_select(0, rows) for t in (p, state["exp_avg"], state["exp_avg_sq"]))
-        torch._fused_adamw_([weight], [grad.contiguous()], [exp_avg], [exp_avg_sq], [], [state["step"].clone()],
-                            amsgrad=False, lr=lr, beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-                            eps=eps, maximize=False)
+        step = state["step"].to(p.device, copy=True)
+        torch._fused_adamw_([weight], [grad.contiguous()], [exp_avg], [exp_avg_sq], [], [step], amsgrad=False, lr=lr,
+                            beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=eps, maximize=False)
         for target, values in ((p, weight), (state["exp_avg"], exp_avg), (state["exp_avg_sq"], exp_avg_sq)):
             target.index_copy_(0, rows, values)
