@@ -3,10 +3,12 @@
     python scripts/bench_conv.py                          # 128 and 64 filters, 24 and 64 pieces, batch 256
     python scripts/bench_conv.py --filters 128 --lengths 24 --repeats 21
 
-Three forms of the same weights, the same logits (checked here, padded texts included): ``nn.Conv1d`` over
+Four forms of the same weights, the same logits (checked here, padded texts included): ``nn.Conv1d`` over
 (B, D, T); "sliced windows" (each window joined from 3 slices of the padded vectors, one matrix product, the form
 of 2026-12-06 afternoon); "gathered windows" (each window's rows gathered from the table, bias and ReLU after the
-max: the model's code now). The script exports each to ONNX (as a bundle does), runs it with ONNX Runtime on all
+max: the model's own forward); "folded tables" (each slot's filters applied to every piece once at export,
+``for_export()``: 3 row lookups and adds per position, what a bundle's ONNX files hold since 2026-12-06 evening).
+The script exports each to ONNX (as a bundle does), runs it with ONNX Runtime on all
 cores at batch ``--batch`` and prints the median texts/s over ``--rounds`` rounds of ``--repeats`` calls (the
 forms take turns within a round), the plain ``static`` bag (no convolution) as the ceiling. Model time only: no
 tokenizer.
@@ -52,6 +54,13 @@ class SlicedWindowsForm(StaticForSequenceClassification):
         return (maps * attention_mask.unsqueeze(2).to(maps.dtype)).amax(dim=1)
 
 
+class GatheredForm(StaticForSequenceClassification):
+    """The third form (2026-12-06 afternoon, still the model's forward): exported as it is, no folded tables."""
+
+    def for_export(self):
+        return self
+
+
 def texts_per_s(path: Path, batch: int, length: int, repeats: int, threads: int) -> float:
     runner = OrtRunner(path, threads)
     ids = np.random.default_rng(0).integers(5, 30_000, size=(batch, length)).astype(np.int64)
@@ -86,7 +95,7 @@ def main() -> None:
         forms = {"bag only": model}
         if filters:
             forms = {"Conv1d": Conv1dForm(model.config), "sliced windows": SlicedWindowsForm(model.config),
-                     "gathered windows": model}
+                     "gathered windows": GatheredForm(model.config), "folded tables": model}
             ids = torch.randint(5, 30_000, (4, 20))
             mask = torch.ones_like(ids)
             mask[:2, 14:] = 0  # two padded texts
@@ -95,7 +104,7 @@ def main() -> None:
                 form.load_state_dict(model.state_dict())
                 form.eval()
                 with torch.no_grad():  # the same numbers
-                    torch.testing.assert_close(form(input_ids=ids, attention_mask=mask).logits,
+                    torch.testing.assert_close(form.for_export()(input_ids=ids, attention_mask=mask).logits,
                                                model(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-4)
         paths = {name: folder / f"{filters}-{name.replace(' ', '-')}.onnx" for name in forms}
         for name, form in forms.items():

@@ -8,28 +8,31 @@ import torch
 from speedtrain.lit.optim import SparseAdamW, clip_grad_norm_, clip_grad_value_, coalesced
 
 
-def _pair(rows: int = 20, width: int = 4):
+def _pair(rows: int = 20, width: int = 4, device: str = "cpu"):
     """The same table as a sparse-gradient and a dense-gradient embedding, and a dense head beside each."""
     torch.manual_seed(0)
     sparse, dense = torch.nn.Embedding(rows, width, sparse=True), torch.nn.Embedding(rows, width)
     dense.load_state_dict(sparse.state_dict())
     heads = torch.nn.Linear(width, 2), torch.nn.Linear(width, 2)
     heads[1].load_state_dict(heads[0].state_dict())
-    return (sparse, heads[0]), (dense, heads[1])
+    return (sparse.to(device), heads[0].to(device)), (dense.to(device), heads[1].to(device))
 
 
 def _backward(table, head, ids):
     head(table(ids).sum(1)).pow(2).sum().backward()
 
 
-def test_it_is_adamw_when_every_row_has_a_gradient_every_step():
-    """Lazy updates differ from AdamW only for rows a step does not touch: touching all, 5 steps are AdamW's."""
-    (s_table, s_head), (d_table, d_head) = _pair()
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_it_is_adamw_when_every_row_has_a_gradient_every_step(device):
+    """Lazy updates differ from AdamW only for rows a step does not touch: touching all, 5 steps are AdamW's.
+    On a GPU the fused kernel runs on CUDA tensors (``pytest -m gpu tests/lit/test_optim.py``)."""
+    (s_table, s_head), (d_table, d_head) = _pair(device=device)
     settings = dict(lr=0.05, weight_decay=0.1, betas=(0.8, 0.95))
     sparse = SparseAdamW([*s_table.parameters(), *s_head.parameters()], **settings)
     dense = torch.optim.AdamW([*d_table.parameters(), *d_head.parameters()], **settings)
     for step in range(5):
-        ids = torch.randperm(20).view(4, 5)  # every row, duplicates none: a new order every step
+        ids = torch.randperm(20, device=device).view(4, 5)  # every row, duplicates none: a new order every step
         ids = torch.cat([ids, ids[:, :2]], dim=1)  # and some rows twice in a text
         for table, head, opt in ((s_table, s_head, sparse), (d_table, d_head, dense)):
             _backward(table, head, ids)

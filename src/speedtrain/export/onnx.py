@@ -23,11 +23,14 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 
 
 class LogitsOnly(torch.nn.Module):
-    """``(input_ids (B, T), attention_mask (B, T)) -> logits (B, C)``: the signature every variant shares."""
+    """``(input_ids (B, T), attention_mask (B, T)) -> logits (B, C)``: the signature every variant shares.
+
+    A model with a ``for_export()`` (the static family's) is traced in the form it gives (eval, CPU, fp32 first)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.model = model
+        model = model.eval().cpu().float()
+        self.model = model.for_export() if hasattr(model, "for_export") else model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
