@@ -4,7 +4,9 @@ it, side by side, in one command, through ``train.py`` (Lightning's loop include
 
     python scripts/bench_static_train.py                          # 100K rows, 1 epoch, 3 rounds
     python scripts/bench_static_train.py --rows 20000 --rounds 1  # quicker
-    python scripts/bench_static_train.py --before-ref fe7f6ed     # + that commit's code (a git worktree), unchanged
+    python scripts/bench_static_train.py --before-ref fe7f6ed --before-overrides data.on_device=false
+        # + that commit's code (a git worktree), unchanged
+    python scripts/bench_static_train.py --variant "no kept memory=trainer.speed.keep_freed_memory=false"
 
 The rows are generated from the embedded data (each a product description with ~20% of its words dropped, its
 chapter as the label; seeded) and written to a CSV; each variant runs
@@ -80,6 +82,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--before-ref", default=None, help="also run this git commit's code with its own recipe")
+    parser.add_argument("--before-overrides", nargs="*", default=[], help="overrides for --before-ref's runs, e.g. "
+                        "data.on_device=false for a commit before data.on_device existed (fe7f6ed)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
+                        help="another variant of this code: a name, '=', space-separated overrides, e.g. "
+                        "'no kept memory=trainer.speed.keep_freed_memory=false'")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_static_train-"))
@@ -93,7 +100,10 @@ def main() -> None:
         if not tree.exists():
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), args.before_ref],
                            check=True, capture_output=True)
-        variants[f"commit {args.before_ref}"] = (tree / "src", ["data.on_device=false"])
+        variants[f"commit {args.before_ref}"] = (tree / "src", list(args.before_overrides))
+    for spec in args.variant:
+        name, _, overrides = spec.partition("=")
+        variants[name] = (REPO / "src", overrides.split())
     results: dict[str, list[dict]] = {name: [] for name in variants}
     for r in range(args.rounds):
         for name, (src, overrides) in variants.items():

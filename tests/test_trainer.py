@@ -226,3 +226,48 @@ def test_the_old_data_speed_keys_name_their_new_place(tmp_path):
     with pytest.raises(UserError, match=r"trainer.speed.data_on_device is now data.on_device: pass data.on_device=True"):
         check_trainer(cfg)
     check_trainer(compose_config(["+experiment=baseline", "data.on_device=true", f"paths.output_dir={tmp_path}"]))
+
+
+
+RSS_AFTER_FREE = """
+import sys
+import numpy as np
+from speedtrain.callbacks.memory import KeepFreedMemory
+def rss_mb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) / 1024
+callback = KeepFreedMemory()
+if sys.argv[1] == "keep":
+    callback.on_train_start(None, None)
+block = np.ones(8 << 20)  # 64 MB, every page touched: above glibc's default mmap threshold (32 MB at most)
+held = rss_mb()
+del block
+kept = rss_mb()
+callback.on_train_end(None, None)
+print(sys.argv[1] != "keep" or callback.applied is False, held - kept, held - rss_mb())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux only")
+def test_keep_freed_memory_keeps_a_freed_block_while_training_and_returns_it_after(tmp_path, make_cfg):
+    """trainer.speed.keep_freed_memory: while training, a freed 64 MB block stays in the process (the next step reuses
+    its pages instead of page-faulting them in again); when training ends it goes back to the OS."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's malloc only")
+    script = tmp_path / "rss.py"
+    script.write_text(RSS_AFTER_FREE)
+    results = {}
+    for mode in ("keep", "default"):
+        out = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, check=True).stdout
+        done, returned_at_free, returned_at_end = out.split()
+        results[mode] = (done == "True", float(returned_at_free), float(returned_at_end))
+    assert results["keep"][0]
+    assert results["keep"][1] < 8 and results["keep"][2] > 56  # kept while training, returned when it ends
+    assert results["default"][1] > 56  # glibc's own thresholds: the block went back to the OS at once
+    assert compose_config(overrides=[]).trainer.speed.keep_freed_memory is True
+    for keep in (True, False):
+        trainer = build_trainer(make_cfg("logger=none", f"trainer.speed.keep_freed_memory={keep}"), prefix="x")
+        assert sum(type(c).__name__ == "KeepFreedMemory" for c in trainer.callbacks) == keep

@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from speedtrain.callbacks.memory import KeepFreedMemory
 from speedtrain.errors import UserError
 from speedtrain.launcher import prepare_ddp_relaunch
 from speedtrain.loggers import build_loggers
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 LR_SCALING = ("none", "linear", "sqrt")
 COMPILE_MODES = (False, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ATTENTION = (None, "eager", "sdpa")
-DEFAULT_SPEED = {"compile": False, "fused_optimizer": False, "lr_scaling": "sqrt", "attention": None}
+DEFAULT_SPEED = {"compile": False, "fused_optimizer": False, "lr_scaling": "sqrt", "attention": None,
+                 "keep_freed_memory": True}
 
 
 def speed_options(cfg: DictConfig) -> dict:
@@ -125,6 +127,8 @@ def build_trainer(cfg: DictConfig, prefix: str = "", extra_callbacks: list | Non
     prepare_ddp_relaunch()  # in a multirun, DDP's extra ranks run this job, not the sweep
     loggers = build_loggers(cfg.get("logger"), cfg.paths.output_dir, prefix=prefix)
     callbacks = build_callbacks(cfg) + list(extra_callbacks or [])
+    if speed_options(cfg)["keep_freed_memory"]:
+        callbacks.append(KeepFreedMemory())
     node = cfg.trainer.copy()
     with open_dict(node):
         node.pop("speed", None)
