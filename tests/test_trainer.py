@@ -229,7 +229,6 @@ def test_the_old_data_speed_keys_name_their_new_place(tmp_path):
 
 
 
-
 RSS_AFTER_FREE = """
 import numpy as np
 from speedtrain.callbacks.memory import KeepFreedMemory

@@ -94,7 +94,6 @@ def test_convolution_reads_order_beyond_the_ngrams_and_joins_the_bag():
     assert model.classifier.in_features == 16 + 8
 
 
-
 @pytest.mark.parametrize("kernel", [1, 3, 5])
 def test_an_exports_copy_folds_the_filters_into_the_table_and_computes_the_same(tmp_path, kernel):
     """for_export(): each slot's filters applied to every piece's row once; the trained model is left as it was."""
@@ -107,17 +106,21 @@ def test_an_exports_copy_folds_the_filters_into_the_table_and_computes_the_same(
     folded = model.for_export()
     assert folded is not model and model.conv_tables is None and folded.conv_tables.shape == (kernel, VOCAB + 1, 8)
     weight = model.conv.weight  # (K, D, k): slot j of piece v is weight[:, :, j] @ row v
-    torch.testing.assert_close(folded.conv_tables[kernel // 2, 42], weight[:, :, kernel // 2] @ model.embeddings.weight[42])
+    centre = weight[:, :, kernel // 2] @ model.embeddings.weight[42]
+    torch.testing.assert_close(folded.conv_tables[kernel // 2, 42], centre)
     ids = torch.randint(5, VOCAB, (4, 12))
     mask = torch.ones_like(ids)
     mask[1:, 7:] = 0  # padded texts, padding written as the pad id and as a real piece
     ids[1, 7:] = 0
     torch.testing.assert_close(_logits(folded, ids, mask), _logits(model, ids, mask), atol=1e-5, rtol=1e-5)
-    assert set(model.state_dict()) == set(state) and all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
-    assert _model(ngram=2).for_export() is not None  # no convolution: nothing to fold
+    after = model.state_dict()
+    assert set(after) == set(state) and all(torch.equal(after[name], value) for name, value in state.items())
+    bag = _model(ngram=2)
+    assert bag.for_export() is bag  # no convolution: nothing to fold
     export_onnx(model, tmp_path / "model.onnx", max_length=16)
     ops = [node.op_type for node in onnx.load(str(tmp_path / "model.onnx")).graph.node]
     assert sum(op in ("MatMul", "Gemm", "FusedMatMul") for op in ops) == 2  # the bag's sum, the classifier: no filters
+
 
 def test_save_and_load_with_auto_class(tmp_path):
     model = _model(id2label={0: "a", 1: "b", 2: "c", 3: "d"})
