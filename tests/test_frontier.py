@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from speedtrain.config import compose_config, config_dir
-from speedtrain.frontier import FrontierReport, student_row
+from speedtrain import frontier
+from speedtrain.frontier import FrontierReport, job_config, job_splits, peer_rows, student_row
 from tests.conftest import EXPORT_TINY, TINY, write_csv
 
 
@@ -78,6 +79,36 @@ def test_frontier_report_writes_students_teacher_and_peers(tmp_path, product_row
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "2", "frontier.csv", "frontier.md", "frontier.png",
                                                          "wandb"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun", "products.csv"]
+
+
+def test_a_sweep_over_splits_gets_the_teacher_and_peers_of_each_split(tmp_path, product_rows, tiny_teacher_dir,
+                                                                     monkeypatch):
+    """data.split_seed=1,2: every split has its own peers and teacher row; the table averages each over the splits."""
+    data = write_csv(tmp_path / "products.csv", product_rows)
+    sweep = tmp_path / "sweep"
+    for num, (split, acc) in enumerate([(1, 0.90), (1, 0.92), (2, 0.80)]):
+        cfg = compose_config([*TINY, *EXPORT_TINY, "+experiment=frontier", "model=bert_tiny", "data=files",
+                              f"data.train={data}", "data.text_column=title", "data.label_column=cat",
+                              f"data.split_seed={split}", f"paths.output_dir={tmp_path / 'unused'}"])
+        _job(sweep, num, cfg, "static", _metrics(num, acc, {"e2e_texts_per_s": 9000.0, "e2e_p50_ms": 0.1},
+                                                  tiny_teacher_dir))
+    one_split = peer_rows(job_config(sweep / "2"), ["tfidf_lr"], tmp_path)[0]["test_acc"]  # split 2 alone
+    drawn = []
+    monkeypatch.setattr(frontier, "job_splits", lambda cfg: drawn.append(cfg.data.split_seed) or job_splits(cfg))
+    FrontierReport(peers=["tfidf_lr"]).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+
+    table = pd.read_csv(sweep / "frontier.csv")
+    assert sorted(zip(table["model"], table["split"])) == [("minilm", 1), ("minilm", 2), ("static", 1),
+                                                            ("static", 1), ("static", 2), ("tfidf_lr", 1),
+                                                            ("tfidf_lr", 2)]
+    assert drawn == [1, 2]  # each split drawn once, for its peers and its teacher's test texts
+    peer = table[table["model"] == "tfidf_lr"].set_index("split")["test_acc"]
+    assert peer[2] == one_split  # fitted on split 2's own train texts, scored on its test texts
+    md = (sweep / "frontier.md").read_text().replace("**", "")
+    assert "mean ± std over the runs (seeds × splits" in md and "| model | kind | seeds | splits |" in md
+    assert f"| tfidf_lr | peer | – | 2 | {peer.mean():.2f}" in md
+    assert "| static | student | 3 | 2 | 87.33 ± 6.43 |" in md  # 90, 92 (split 1) and 80 (split 2)
+    assert "| minilm | teacher | – | 2 | 95.00 |" in md  # one row per split, one teacher in the table
 
 
 def test_student_row_without_a_bundle(tmp_path):

@@ -1,12 +1,14 @@
 """The accuracy–speed frontier of a sweep: its students against peer baselines trained on the same split.
 
     python train.py -m +experiment=frontier seed=1,2,3      # conf/experiment/frontier.yaml registers the callback
+    python train.py -m +experiment=frontier data.split_seed=1,2,3,4,5    # five splits: a small test set is noisy
 
 :class:`FrontierReport` (a Hydra callback) runs when the multirun ends. It reads every job folder
 ``<sweep dir>/<n>/`` with a ``metrics.json``, fits and measures the peers (:mod:`speedtrain.bench.peers`) on the
-split of the first job's config, and writes ``frontier.csv``, ``frontier.md`` and ``frontier.png`` into the sweep
-folder (:mod:`speedtrain.bench.frontier`); when the jobs logged to W&B, it logs the table and the plot to a new
-W&B run there too.
+split of the jobs' config (on each split, when the jobs ran on several ``data.split_seed``: every row then
+averages over splits, the students over seeds and splits), and writes ``frontier.csv``, ``frontier.md`` and
+``frontier.png`` into the sweep folder (:mod:`speedtrain.bench.frontier`); when the jobs logged to W&B, it logs
+the table and the plot to a new W&B run there too.
 
 The teacher the students learned from is a row too (kind ``teacher``, the ceiling): once per teacher folder
 (``metrics["teacher/dir"]``; the frontier experiment fine-tunes one), its test accuracy from the job's metrics
@@ -68,6 +70,7 @@ def student_row(job_dir: str | Path) -> dict:
         texts_per_s, p50, speed, extra = by_batch[batch], bundle.get("fast_p50_ms"), "model", {"batch": int(batch)}
     test_acc = metrics.get("test/acc")
     return {"model": model or job_dir.name, "kind": "student", "seed": metrics.get("seed"),
+            "split": job_split(job_dir),
             "test_acc": None if test_acc is None else 100 * test_acc,
             "texts_per_s": texts_per_s, "p50_ms": p50, "params": (metrics.get("params") or {}).get("params_total"),
             "variant": bundle.get("fast"), "fast_acc": bundle.get("fast_accuracy"),
@@ -79,6 +82,12 @@ def job_config(job_dir: str | Path) -> DictConfig:
     cfg = OmegaConf.load(Path(job_dir) / ".hydra" / "config.yaml")
     cfg.paths.output_dir = str(job_dir)  # ${hydra:runtime.output_dir} resolves only inside the job
     return cfg
+
+
+def job_split(job_dir: str | Path) -> int | None:
+    """The ``data.split_seed`` a job's train/validation/test split was drawn with (None: no saved config)."""
+    config = Path(job_dir) / ".hydra" / "config.yaml"
+    return OmegaConf.select(OmegaConf.load(config), "data.split_seed", default=None) if config.is_file() else None
 
 
 def bench_options(cfg: DictConfig):
@@ -219,13 +228,20 @@ def frontier_report(sweep_dir: str | Path, peers: Sequence[str] = PEERS, wandb: 
     if rebench:
         rows = [rebench_student(row, job, job_config(job)) if (job / "bundle").is_dir() else row
                 for row, job in zip(rows, jobs)]
-    found = teachers(jobs)
-    splits = job_splits(cfg) if peers or (teacher and found) else None
-    if teacher and found:
-        rows += teacher_rows(jobs, list(splits["test"]["text"]), bench_options(cfg))
-    if peers:
-        teacher_dir = next(iter(found), None)
-        rows += [{**peer, "seed": None} for peer in peer_rows(cfg, peers, sweep_dir, splits, teacher_dir)]
+    by_split: dict[int | None, list[Path]] = {}
+    for row, job in zip(rows, jobs):
+        by_split.setdefault(row["split"], []).append(job)
+    for split, members in by_split.items():  # the teacher and peers of every split the jobs trained on
+        found, split_cfg = teachers(members), job_config(members[0])
+        splits = job_splits(split_cfg) if peers or (teacher and found) else None
+        if len(by_split) > 1:
+            log.info("Frontier: split %s (data.split_seed), %d jobs", split, len(members))
+        if teacher and found:
+            rows += [{**row, "split": split}
+                     for row in teacher_rows(members, list(splits["test"]["text"]), bench_options(split_cfg))]
+        if peers:
+            rows += [{**peer, "seed": None, "split": split} for peer in
+                     peer_rows(split_cfg, peers, sweep_dir, splits, next(iter(found), None))]
     batch = max(OmegaConf.select(cfg, "export.bench.batch_sizes", default=[0]) or [0]) or None
     for row in rows:
         if row["kind"] == "student" and row["texts_per_s"] is not None:

@@ -7,6 +7,8 @@ A row is one trained model (one seed of a student, the teacher, or a peer)::
     model        model family ("bert_tiny"), the teacher's source ("minilm") or peer name ("tfidf_lr", "static_lr")
     kind         "student" | "teacher" | "peer"
     seed         the training seed (the teacher's ``teacher.seed``; None for a peer)
+    split        the ``data.split_seed`` of its train/validation/test split (optional: rows of several splits
+                 average over them)
     test_acc     test accuracy, points
     texts_per_s  texts/s at the largest benchmark batch, all cores, tokenization included
     p50_ms       batch-1 latency, one thread, tokenization included
@@ -34,7 +36,8 @@ MARKERS = {"student": "o", "peer": "s", "teacher": "*"}
 
 
 def aggregate(rows: Sequence[dict]) -> list[dict]:
-    """One entry per (model, kind), in the order of first appearance: ``n`` rows, ``acc``/``acc_std``,
+    """One entry per (model, kind), in the order of first appearance: ``n`` rows (of ``seeds`` seeds and
+    ``splits`` data splits), ``acc``/``acc_std``,
     ``texts_per_s``/``texts_per_s_std``, ``p50_ms`` (means; std 0.0 for one row), ``params`` (the first known),
     ``model_time_only`` (a row's speed is ``"model"``: measured without tokenization)."""
     groups: dict[tuple, list[dict]] = {}
@@ -42,7 +45,8 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
         groups.setdefault((row["model"], row["kind"]), []).append(row)
     out = []
     for (model, kind), members in groups.items():
-        entry = {"model": model, "kind": kind, "n": len(members)}
+        entry = {"model": model, "kind": kind, "n": len(members),
+                 "seeds": len({r.get("seed") for r in members}), "splits": len({r.get("split") for r in members})}
         for key, name in (("test_acc", "acc"), ("texts_per_s", "texts_per_s"), ("p50_ms", "p50_ms")):
             values = [float(r[key]) for r in members if r.get(key) is not None]
             entry[name] = statistics.fmean(values) if values else None
@@ -77,21 +81,24 @@ def markdown_table(rows: Sequence[dict], batch: int | None = None) -> str:
     """The frontier as markdown: one line per model, fastest first, with the comparisons to the peers."""
     entries = sorted(_with_front(aggregate(rows)), key=lambda e: -(e["texts_per_s"] or 0.0))
     fast_ref, acc_ref = _reference(entries, FASTTEXT, "texts_per_s"), _reference(entries, TFIDF_LR, "acc")
-    head = ["model", "kind", "seeds", "test acc %", f"texts/s{f' b{batch}' if batch else ''}", "p50 ms", "params"]
+    several = any(e["splits"] > 1 for e in entries)  # data.split_seed=1,2,3: means over the splits too
+    head = ["model", "kind", "seeds"] + ["splits"] * several
+    head += ["test acc %", f"texts/s{f' b{batch}' if batch else ''}", "p50 ms", "params"]
     head += ["× fastText texts/s"] * (fast_ref is not None) + ["Δ acc vs TF-IDF+LR"] * (acc_ref is not None)
+    over = "the runs (seeds × splits; the teacher and peers: one per split)" if several else "seeds"
     lines = ["# Accuracy–speed frontier", "",
              f"texts/s: {'batch ' + str(batch) if batch else 'the largest benchmark batch'}, all cores; p50: batch 1, "
              "one thread; both with tokenization / featurisation. Students: the bundle's fast variant through the "
-             "Predictor; mean ± std over seeds. Teacher: its tokenizer + PyTorch eager, timed in the report's "
+             f"Predictor; mean ± std over {over}. Teacher: its tokenizer + PyTorch eager, timed in the report's "
              "process. **Bold**: on the Pareto frontier (no other model is both at least as accurate and at least "
              "as fast).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
     for e in entries:
         name = f"**{e['model']}**" if e["front"] else e["model"]
         mark = " †" if e["model_time_only"] else ""
-        cells = [name, e["kind"], str(e["n"]) if e["kind"] == "student" else "–",
-                 _mean_std(e["acc"], e["acc_std"], 2), _mean_std(e["texts_per_s"], e["texts_per_s_std"], 0) + mark,
-                 _num(e["p50_ms"], 3) + mark, _params(e["params"])]
+        cells = [name, e["kind"], str(e["seeds"]) if e["kind"] == "student" else "–"] + [str(e["splits"])] * several
+        cells += [_mean_std(e["acc"], e["acc_std"], 2), _mean_std(e["texts_per_s"], e["texts_per_s_std"], 0) + mark,
+                  _num(e["p50_ms"], 3) + mark, _params(e["params"])]
         if fast_ref is not None:
             cells.append(_ratio(e["texts_per_s"] / fast_ref) if e["texts_per_s"] and fast_ref else "–")
         if acc_ref is not None:
