@@ -104,10 +104,35 @@ def markdown_table(rows: Sequence[dict], batch: int | None = None) -> str:
         if acc_ref is not None:
             cells.append(f"{e['acc'] - acc_ref:+.2f}" if e["acc"] is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    if several:
+        lines += ["", *split_table(rows, [e["model"] for e in entries])]
     if any(e["model_time_only"] for e in entries):
         lines += ["", "† model time only, without tokenization (the job's metrics.json predates the end-to-end "
                       "numbers): not comparable with the other rows."]
     return "\n".join(lines) + "\n"
+
+
+def split_table(rows: Sequence[dict], models: Sequence[str]) -> list[str]:
+    """Markdown lines: test accuracy per split (rows) and model (columns, mean over seeds), and each student's
+    difference from TF-IDF + LR on the same split: the paired comparison a mean over splits hides."""
+    splits = sorted({r.get("split") for r in rows}, key=lambda v: (v is None, str(v) if v is None else v))
+    students = [m for m in models if any(r["model"] == m and r["kind"] == "student" for r in rows)]
+    paired = any(r["model"] == TFIDF_LR for r in rows)
+    head = ["split", *models] + [f"{m} − TF-IDF+LR" for m in students] * paired
+    lines = ["Per split (`data.split_seed`), test acc % (students: mean over seeds):", "",
+             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for split in splits:
+        means = {}
+        for model in models:
+            values = [float(r["test_acc"]) for r in rows
+                      if r["model"] == model and r.get("split") == split and r.get("test_acc") is not None]
+            means[model] = statistics.fmean(values) if values else None
+        cells = [str(split)] + [_num(means[m], 2) for m in models]
+        if paired:
+            cells += [f"{means[m] - means[TFIDF_LR]:+.2f}" if None not in (means[m], means[TFIDF_LR]) else "–"
+                      for m in students]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _ratio(value: float) -> str:
