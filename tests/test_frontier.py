@@ -110,9 +110,14 @@ def test_a_sweep_over_splits_gets_the_teacher_and_peers_of_each_split(tmp_path, 
     assert "| static | student | 3 | 2 | 87.33 ± 6.43 |" in md  # 90, 92 (split 1) and 80 (split 2)
     assert "| minilm | teacher | – | 2 | 95.00 |" in md  # one row per split, one teacher in the table
     per_split = md.split("Per split (`data.split_seed`)")[1]  # the paired comparison: the same split's peer
-    assert "| split | " in per_split and "| static − TF-IDF+LR |" in per_split
-    assert f"| 2 | 80.00 | 95.00 | {peer[2]:.2f} | {80.0 - peer[2]:+.2f} |" in per_split  # by texts/s, then the Δ
-    assert f"| 1 | 91.00 | 95.00 | {peer[1]:.2f} | {91.0 - peer[1]:+.2f} |" in per_split
+    head, *lines = [line.strip("|").split(" | ") for line in per_split.splitlines() if line.startswith("| ")]
+    cells = {line[0].strip(): dict(zip([h.strip() for h in head], [c.strip() for c in line])) for line in lines}
+    assert set(cells) == {"1", "2"} and set(cells["1"]) == {"split", "static", "tfidf_lr", "minilm",
+                                                           "static − TF-IDF+LR"}
+    for split, student in ((1, 91.0), (2, 80.0)):
+        assert cells[str(split)]["static"] == f"{student:.2f}" and cells[str(split)]["minilm"] == "95.00"
+        assert cells[str(split)]["tfidf_lr"] == f"{peer[split]:.2f}"
+        assert cells[str(split)]["static − TF-IDF+LR"] == f"{student - peer[split]:+.2f}"
 
 
 def test_student_row_without_a_bundle(tmp_path):
