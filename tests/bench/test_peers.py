@@ -130,3 +130,6 @@ def test_fasttext_tries_smaller_rates_when_its_whole_grid_diverges(splits, tmp_p
         peers.FastTextPeer(epochs=(25,), lrs=(0.5,), work_dir=tmp_path).fit(
             splits["train"]["text"], splits["train"]["label"], splits["validation"]["text"],
             splits["validation"]["label"])
+    # in a list of peers (the frontier's), a peer whose every fit diverges is skipped and the others still count
+    results = peers.fit_and_measure(["fasttext", "tfidf_lr"], splits, TINY_BENCH, work_dir=tmp_path)
+    assert [r["model"] for r in results] == ["tfidf_lr"]

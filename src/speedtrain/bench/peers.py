@@ -265,8 +265,8 @@ def fit_and_measure(names: Sequence[str], splits, options: BenchOptions, work_di
                     peer_kwargs: dict[str, dict] | None = None) -> list[dict]:
     """Fit every peer in ``names`` on ``splits`` (train, pick on validation) and measure it on test.
 
-    A peer whose package is not installed (or ``static_lr`` without a teacher) is skipped with a warning; an
-    unknown name raises :class:`UserError` before anything is fitted.
+    A peer whose package is not installed (or ``static_lr`` without a teacher), or whose fit fails with a
+    :class:`UserError` (fastText diverging at every rate of its grid), is skipped with a warning; an unknown name raises :class:`UserError` before anything is fitted.
 
     Args:
         splits: a mapping with ``train``/``validation``/``test``, each with ``text`` and ``label`` columns
@@ -288,7 +288,11 @@ def fit_and_measure(names: Sequence[str], splits, options: BenchOptions, work_di
             log.warning("peer %s skipped: %s", name, err)
             continue
         train, val, test = (splits[s] for s in ("train", "validation", "test"))
-        peer.fit(list(train["text"]), list(train["label"]), list(val["text"]), list(val["label"]))
+        try:
+            peer.fit(list(train["text"]), list(train["label"]), list(val["text"]), list(val["label"]))
+        except UserError as err:  # e.g. fastText diverged (NaN) at every rate: the other rows still count
+            log.warning("peer %s skipped: its fit failed: %s", name, err)
+            continue
         results.append(measure_peer(peer, list(test["text"]), list(test["label"]), options))
         log.info("peer %s: test acc %.2f, %.0f texts/s at batch %d, p50 %.3f ms (fit %.1f s, %s)", name,
                  results[-1]["test_acc"], results[-1]["texts_per_s"], results[-1]["batch"],
