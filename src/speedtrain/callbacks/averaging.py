@@ -10,9 +10,10 @@ swaps it in for every validation and writes it as the checkpoint's ``state_dict`
   and, since only validation swaps, tests the raw weights while the best checkpoint was chosen on the average.
   Here the average model is dropped when ``fit`` ends, so a checkpoint loaded afterwards is its ``state_dict``:
   the averaged weights that validation scored.
-- **Dense averaging only where it is cheap.** The update is one ``lerp`` over every parameter each step. A family
-  trained with sparse table gradients (the static large-data path) touches a few thousand rows a step; averaging
-  its whole table every step would cost more than the step, so ``every_n_steps`` spaces the updates there.
+- **The cost is dense.** The update is one ``lerp`` over every parameter each step, whole tables included, and
+  the average is a second copy of the module (with an online teacher inside it, the teacher too). A family trained
+  with sparse table gradients (the static large-data path) touches a few thousand rows a step: there set
+  ``every_n_steps`` (nothing does it for you; its speed there was not measured).
 """
 
 from __future__ import annotations
