@@ -55,3 +55,26 @@ def test_pretrained_model_trains_in_train_mode():
     assert not model.training  # from_pretrained hands it over in eval mode: dropout off
     module = ClassifierModule(model, 3, optimizer=partial(torch.optim.AdamW, lr=1e-4))
     assert module.model.training and all(m.training for m in module.model.modules())
+
+
+def test_mean_pooling_reads_the_masked_mean_and_survives_a_save(tmp_path):
+    model = load_classifier("minilm", num_labels=3, pooling="mean").eval()
+    ids = torch.tensor([[101, 2023, 2003, 102, 0, 0], [101, 2023, 2003, 1037, 2742, 102]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        alone = model(input_ids=ids[:1, :4], attention_mask=mask[:1, :4]).logits  # no padding at all
+        hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(logits[0], alone[0], atol=1e-5)  # the padding is not in the mean
+    mean = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    assert torch.allclose(logits, model.classifier(mean), atol=1e-5)
+    cls = load_classifier("minilm", num_labels=3).eval()
+    cls.classifier.load_state_dict(model.classifier.state_dict())
+    with torch.no_grad():  # the same weights read through BERT's own pooler (the first token) differ
+        assert not torch.allclose(cls(input_ids=ids, attention_mask=mask).logits, logits, atol=1e-3)
+    model.save_pretrained(tmp_path)
+    reloaded = load_classifier(str(tmp_path), num_labels=3, fine_tuned=True).eval()  # the config keeps it
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids, attention_mask=mask).logits, logits, atol=1e-5)
+    with pytest.raises(UserError, match="teacher.pooling='max'"):
+        load_classifier("minilm", num_labels=3, pooling="max")

@@ -64,6 +64,10 @@ def load_pretrained(folder: str | Path):
     hf_logging.disable_progress_bar()  # "Loading weights" bars for a 4 MB file, once per variant
     model = AutoModelForSequenceClassification.from_pretrained(
         str(folder), use_safetensors=True, trust_remote_code=False)
+    if getattr(model.config, "speedtrain_pooling", "cls") == "mean":  # a teacher fine-tuned with teacher.pooling=mean
+        from speedtrain.models.teacher import use_mean_pooling
+
+        use_mean_pooling(model)
     return model.eval()
 
 

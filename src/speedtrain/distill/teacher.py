@@ -95,6 +95,8 @@ def teacher_key(cfg: DictConfig, data_digest: str, epochs: int | None = None) ->
         "seed": cfg.seed,
     }
     parts["model"].pop("source")  # covered by the weights digest (a folder may move)
+    if parts["model"].get("pooling") in (None, "cls"):  # the model's own pooler: the key of teachers cached before
+        parts["model"].pop("pooling", None)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
