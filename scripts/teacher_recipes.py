@@ -31,8 +31,8 @@ def run_one(job: dict, out: Path, extra: list[str], start: float, deadline: floa
     if time.time() - start > deadline:
         return {**job, "skipped": "deadline"}
     run_dir = out / f"{job['recipe']}-{Path(job['data']).stem}-{job['split']}"
-    cmd = [sys.executable, str(REPO / "train.py"), "+experiment=teacher", "data=files", f"data.train={job['data']}",
-           f"data.split_seed={job['split']}", "teacher.cache=false", "logger=csv", f"hydra.run.dir={run_dir}",
+    data = [] if job["data"] == "embedded" else ["data=files", f"data.train={job['data']}"]
+    cmd = [sys.executable, str(REPO / "train.py"), "+experiment=teacher", *data, f"data.split_seed={job['split']}", "teacher.cache=false", "logger=csv", f"hydra.run.dir={run_dir}",
            *job["overrides"], *extra]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -62,7 +62,8 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", nargs="+", required=True, help="CSV files with text and label columns")
+    parser.add_argument("--data", nargs="+", required=True,
+                        help="CSV files with text and label columns; 'embedded': the default data set")
     parser.add_argument("--splits", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--recipe", action="append", required=True, help="name=key=value,key=value")
     parser.add_argument("--parallel", type=int, default=1)
@@ -76,7 +77,8 @@ def main() -> None:
         name, _, overrides = spec.partition("=")
         for data in args.data:
             for split in args.splits:
-                jobs.append({"recipe": name, "data": str(Path(data).resolve()), "split": split,
+                jobs.append({"recipe": name, "data": data if data == "embedded" else str(Path(data).resolve()),
+                             "split": split,
                              "overrides": [o for o in overrides.split(",") if o]})
     start, results = time.time(), []
     with ThreadPoolExecutor(args.parallel) as pool:
