@@ -1,4 +1,5 @@
-"""Teacher recipes side by side: stage 1 (``+experiment=teacher``) under several override sets, data sets and splits.
+"""Recipes side by side: stage 1 (``+experiment=teacher``) or a distillation (``--experiment distill``) under several
+override sets, data sets, splits and seeds.
 
     python scripts/teacher_recipes.py --data rotten_tomatoes.csv bbc_headlines.csv --splits 1 2 3 \\
         --recipe base= --recipe lr2e-4=teacher.lr=2e-4 --recipe unfrozen=teacher.freeze_embeddings=false \\
@@ -8,6 +9,8 @@ Each (recipe, data, split) is one ``train.py +experiment=teacher data=files data
 data.split_seed=<split>`` run with the recipe's overrides (comma-separated ``key=value``; ``name=`` alone is the
 configured recipe) and the arguments after ``--``; ``--parallel`` runs go at once (a GPU holds several MiniLM
 fine-tunes). Every teacher is fine-tuned afresh (``teacher.cache=false``), into its own folder under ``--out``.
+``--experiment distill`` runs ``+experiment=distill export.enabled=false seed=<seed>`` for each of ``--seeds``
+instead (students; their teachers come from the teacher cache when one matches, e.g. fine-tuned just before).
 Writes ``results.json`` (every run: val/test accuracy, seconds) and ``results.md`` (per recipe and data set: val and
 test accuracy per split and their mean) as runs finish; ``--deadline`` seconds after the start no new run begins.
 """
@@ -30,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run_one(job: dict, out: Path, extra: list[str], start: float, deadline: float) -> dict:
     if time.time() - start > deadline:
         return {**job, "skipped": "deadline"}
-    run_dir = out / f"{job['recipe']}-{Path(job['data']).stem}-{job['split']}"
+    run_dir = out / f"{job['recipe']}-{Path(job['data']).stem}-{job['split']}-{job['seed']}"
     data = [] if job["data"] == "embedded" else ["data=files", f"data.train={job['data']}"]
     cmd = [sys.executable, str(REPO / "train.py"), "+experiment=teacher", *data, f"data.split_seed={job['split']}", "teacher.cache=false", "logger=csv", f"hydra.run.dir={run_dir}",
            *job["overrides"], *extra]
@@ -50,12 +53,14 @@ def table(results: list[dict]) -> str:
              "|---|---|" + "---:|" * (len(splits) + 2)]
     for recipe in dict.fromkeys(r["recipe"] for r in done):
         for data in dict.fromkeys(Path(r["data"]).stem for r in done):
-            rows = {r["split"]: r for r in done if r["recipe"] == recipe and Path(r["data"]).stem == data}
-            if not rows:
+            runs = [r for r in done if r["recipe"] == recipe and Path(r["data"]).stem == data]
+            if not runs:
                 continue
-            cells = [f"{rows[s]['val']:.2f} / {rows[s]['test']:.2f}" if s in rows else "" for s in splits]
-            val = statistics.mean(r["val"] for r in rows.values())
-            test = statistics.mean(r["test"] for r in rows.values())
+            per_split = {s: [r for r in runs if r["split"] == s] for s in splits}  # seeds: their mean
+            cells = [f"{statistics.mean(r['val'] for r in rs):.2f} / {statistics.mean(r['test'] for r in rs):.2f}"
+                     if rs else "" for rs in per_split.values()]
+            val = statistics.mean(r["val"] for r in runs)
+            test = statistics.mean(r["test"] for r in runs)
             lines.append(f"| {recipe} | {data} | " + " | ".join(cells) + f" | {val:.2f} | {test:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -66,6 +71,8 @@ def main() -> None:
                         help="CSV files with text and label columns; 'embedded': the default data set")
     parser.add_argument("--splits", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--recipe", action="append", required=True, help="name=key=value,key=value")
+    parser.add_argument("--experiment", choices=("teacher", "distill"), default="teacher")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="the run's seed (distill: the student's)")
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--deadline", type=float, default=float("inf"))
     parser.add_argument("--out", type=Path, required=True)
@@ -77,9 +84,10 @@ def main() -> None:
         name, _, overrides = spec.partition("=")
         for data in args.data:
             for split in args.splits:
-                jobs.append({"recipe": name, "data": data if data == "embedded" else str(Path(data).resolve()),
-                             "split": split,
-                             "overrides": [o for o in overrides.split(",") if o]})
+                for seed in args.seeds if args.experiment == "distill" else [None]:
+                    jobs.append({"recipe": name, "data": data if data == "embedded" else str(Path(data).resolve()),
+                                 "split": split, "seed": seed, "experiment": args.experiment,
+                                 "overrides": [o for o in overrides.split(",") if o]})
     start, results = time.time(), []
     with ThreadPoolExecutor(args.parallel) as pool:
         for result in pool.map(lambda j: run_one(j, args.out, extra, start, args.deadline), jobs):
