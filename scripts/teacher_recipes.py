@@ -35,8 +35,10 @@ def run_one(job: dict, out: Path, extra: list[str], start: float, deadline: floa
         return {**job, "skipped": "deadline"}
     run_dir = out / f"{job['recipe']}-{Path(job['data']).stem}-{job['split']}-{job['seed']}"
     data = [] if job["data"] == "embedded" else ["data=files", f"data.train={job['data']}"]
-    cmd = [sys.executable, str(REPO / "train.py"), "+experiment=teacher", *data, f"data.split_seed={job['split']}", "teacher.cache=false", "logger=csv", f"hydra.run.dir={run_dir}",
-           *job["overrides"], *extra]
+    fixed = (["+experiment=teacher", "teacher.cache=false"] if job["experiment"] == "teacher"
+             else ["+experiment=distill", "export.enabled=false", f"seed={job['seed']}"])
+    cmd = [sys.executable, str(REPO / "train.py"), *fixed, *data, f"data.split_seed={job['split']}", "logger=csv",
+           f"hydra.run.dir={run_dir}", *job["overrides"], *extra]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     seconds = time.time() - t0

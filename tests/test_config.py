@@ -117,6 +117,22 @@ def test_stage1_takes_more_epochs_on_small_data_and_keeps_its_key_where_that_cha
     assert teacher_key(stage1, "d", fit_epochs(stage1, 490)) != teacher_key(stage1, "d", 4)
 
 
+def test_teacher_pooling_mean_is_its_own_teacher_and_cls_keeps_the_key_of_teachers_cached_before(tmp_path):
+    from omegaconf import OmegaConf
+
+    from speedtrain.distill.teacher import teacher_key, teacher_run_config
+
+    def key(*overrides):
+        cfg = compose_config(["+experiment=distill", f"paths.output_dir={tmp_path}", *overrides])
+        return teacher_key(teacher_run_config(cfg, tmp_path), "d", 4)
+
+    stage1 = teacher_run_config(compose_config(["+experiment=distill", f"paths.output_dir={tmp_path}"]), tmp_path)
+    assert stage1.model.pooling == "cls"
+    OmegaConf.set_struct(stage1, False)
+    del stage1.model["pooling"]  # a config from before teacher.pooling existed
+    assert teacher_key(stage1, "d", 4) == key() == key("teacher.pooling=cls") != key("teacher.pooling=mean")
+
+
 def test_a_static_student_reads_the_teachers_vocabulary_only_with_a_teacher(tmp_path):
     """model.vocabulary=teacher: a distillation run's student tokenizer is the teacher's own (its folder when given);
     a run without a teacher, a user's own tokenizer=pretrained and model.vocabulary=data keep the tokenizer group."""
