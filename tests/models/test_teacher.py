@@ -57,8 +57,9 @@ def test_pretrained_model_trains_in_train_mode():
     assert module.model.training and all(m.training for m in module.model.modules())
 
 
-def test_mean_pooling_reads_the_masked_mean_and_survives_a_save(tmp_path):
-    model = load_classifier("minilm", num_labels=3, pooling="mean").eval()
+def test_mean_pooling_reads_the_masked_mean_and_survives_a_save(tmp_path, tiny_teacher_dir):
+    # the 1-layer BERT of the fixture: MiniLM's code path at a fraction of its load time
+    model = load_classifier(str(tiny_teacher_dir), num_labels=3, pooling="mean").eval()
     ids = torch.tensor([[101, 2023, 2003, 102, 0, 0], [101, 2023, 2003, 1037, 2742, 102]])
     mask = (ids != 0).long()
     with torch.no_grad():
@@ -68,7 +69,7 @@ def test_mean_pooling_reads_the_masked_mean_and_survives_a_save(tmp_path):
     assert torch.allclose(logits[0], alone[0], atol=1e-5)  # the padding is not in the mean
     mean = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     assert torch.allclose(logits, model.classifier(mean), atol=1e-5)
-    cls = load_classifier("minilm", num_labels=3).eval()
+    cls = load_classifier(str(tiny_teacher_dir), num_labels=3).eval()
     cls.classifier.load_state_dict(model.classifier.state_dict())
     with torch.no_grad():  # the same weights read through BERT's own pooler (the first token) differ
         assert not torch.allclose(cls(input_ids=ids, attention_mask=mask).logits, logits, atol=1e-3)
@@ -77,4 +78,4 @@ def test_mean_pooling_reads_the_masked_mean_and_survives_a_save(tmp_path):
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=ids, attention_mask=mask).logits, logits, atol=1e-5)
     with pytest.raises(UserError, match="teacher.pooling='max'"):
-        load_classifier("minilm", num_labels=3, pooling="max")
+        load_classifier(str(tiny_teacher_dir), num_labels=3, pooling="max")
