@@ -79,3 +79,25 @@ def test_mean_pooling_reads_the_masked_mean_and_survives_a_save(tmp_path, tiny_t
         assert torch.allclose(reloaded(input_ids=ids, attention_mask=mask).logits, logits, atol=1e-5)
     with pytest.raises(UserError, match="teacher.pooling='max'"):
         load_classifier(str(tiny_teacher_dir), num_labels=3, pooling="max")
+
+
+def test_mean_pooling_keeps_each_threads_mask_apart(tiny_teacher_dir):
+    """Two threads calling one mean-pooled model (the Predictor's concurrent model calls) get their own results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = load_classifier(str(tiny_teacher_dir), num_labels=3, pooling="mean").eval()
+    torch.manual_seed(0)
+    batches = []
+    for length in (5, 9, 13, 17):
+        ids = torch.randint(1000, 2000, (4, 20))
+        mask = (torch.arange(20) < length).long().expand(4, 20).clone()
+        batches.append((ids, mask))
+    with torch.no_grad():
+        alone = [model(input_ids=i, attention_mask=m).logits for i, m in batches]
+
+        def call(k):
+            return model(input_ids=batches[k % 4][0], attention_mask=batches[k % 4][1]).logits
+
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(call, range(64)))
+    assert all(torch.allclose(out, alone[k % 4], atol=1e-6) for k, out in enumerate(together))

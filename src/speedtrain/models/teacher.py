@@ -7,6 +7,7 @@ folder, 22.7M parameters, vocabulary 30,522), so the default teacher loads witho
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -99,17 +100,18 @@ class MeanPooler(nn.Module):
     """In place of BERT's pooler: the mean of the last hidden states over the tokens the attention mask keeps.
 
     The encoder hands its pooler the hidden states alone; :func:`use_mean_pooling` stores the batch's mask here
-    (a pre-hook on the encoder) just before.
+    (a pre-hook on the encoder) just before, per thread: concurrent calls from several threads do not mix masks.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.mask: torch.Tensor | None = None
+        self.batch = threading.local()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.mask is None:
+        mask = getattr(self.batch, "mask", None)
+        if mask is None:
             return hidden.mean(dim=1)
-        mask = self.mask.unsqueeze(-1).to(hidden.dtype)
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
@@ -123,7 +125,7 @@ def use_mean_pooling(model: PreTrainedModel) -> None:
 
     def keep_mask(_module, args, kwargs):
         mask = kwargs.get("attention_mask")
-        pooler.mask = mask if mask is not None else (args[1] if len(args) > 1 else None)
+        pooler.batch.mask = mask if mask is not None else (args[1] if len(args) > 1 else None)
 
     encoder.register_forward_pre_hook(keep_mask, with_kwargs=True)
     model.config.speedtrain_pooling = "mean"
