@@ -101,3 +101,19 @@ def test_mean_pooling_keeps_each_threads_mask_apart(tiny_teacher_dir):
         with ThreadPoolExecutor(4) as pool:
             together = list(pool.map(call, range(64)))
     assert all(torch.allclose(out, alone[k % 4], atol=1e-6) for k, out in enumerate(together))
+
+
+def test_a_mean_pooled_teacher_exports_to_onnx_with_the_same_logits(tmp_path, tiny_teacher_dir):
+    import numpy as np
+    import onnxruntime as ort
+
+    from speedtrain.export.onnx import export_onnx
+
+    model = load_classifier(str(tiny_teacher_dir), num_labels=3, pooling="mean").eval()
+    export_onnx(model, tmp_path / "teacher.onnx", max_length=24, fuse=False)
+    ids = np.array([[101, 2023, 2003, 102, 0, 0], [101, 2023, 2003, 1037, 2742, 102]])
+    mask = (ids != 0).astype(np.int64)
+    onnx = ort.InferenceSession(str(tmp_path / "teacher.onnx")).run(None, {"input_ids": ids, "attention_mask": mask})
+    with torch.no_grad():
+        torch_logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    assert np.abs(onnx[0] - torch_logits).max() < 1e-5
