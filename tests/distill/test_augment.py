@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from speedtrain.distill.augment import word_dropout_variants
@@ -39,3 +40,41 @@ def test_swaps_reorder_and_copies_zero_is_off():
 def test_bad_settings(kwargs, message):
     with pytest.raises(UserError, match=message):
         word_dropout_variants(TEXTS, **kwargs)
+
+
+def test_spans_are_runs_of_consecutive_words_and_span_zero_keeps_the_variants_of_before():
+    long = ["the film is not bad at all and the cast is fine", "a waste of two good actors", *TEXTS]
+    spans = word_dropout_variants(long, copies=6, word_dropout=0.0, span=0.99, span_words=3, seed=4)
+    assert len(spans) >= 12
+    for i, variant in spans:
+        words, run = long[i].split(), variant.split()
+        assert 1 <= len(run) <= 3 and any(words[s:s + len(run)] == run for s in range(len(words)))
+    assert word_dropout_variants(long, copies=3, seed=2) == word_dropout_variants(long, copies=3, span=0.0, seed=2)
+    with pytest.raises(UserError, match="distill.augment.span_words=0 must be"):
+        word_dropout_variants(long, span=0.5, span_words=0)
+    with pytest.raises(UserError, match="distill.augment.span=1.0 must be in"):
+        word_dropout_variants(long, span=1.0)
+
+
+def test_variants_take_the_teachers_top_class_with_label_teacher(make_cfg, fine_tuned_teacher):
+    from speedtrain.builders import build_datamodule
+    from speedtrain.distill.teacher import attach_teacher
+
+    cfg = make_cfg("+experiment=distill", "teacher.max_length=24")
+    augment = {"copies": 2, "word_dropout": 0.0, "span": 0.9, "span_words": 2, "seed": 0}
+    by = {}
+    for label in ("source", "teacher"):
+        dm = build_datamodule(cfg)
+        dm.prepare()
+        attach_teacher(cfg.teacher, fine_tuned_teacher, dm, cfg.paths.cache_dir, {**augment, "label": label})
+        by[label] = dm
+    n = by["source"].splits["train"].num_rows
+    source, teacher = (np.asarray(by[k].encoded["train"]["label"]) for k in ("source", "teacher"))
+    assert len(source) == len(teacher) > n and (source[:n] == teacher[:n]).all()  # the training texts keep theirs
+    top = by["teacher"].teacher_arrays["teacher_logits"][n:].argmax(1)
+    assert (teacher[n:] == top).all() and (source[n:] != top).any()  # phrases: the teacher often disagrees
+    with pytest.raises(UserError, match="distill.augment.label=teacher needs the teacher's cached logits"):
+        attach_teacher(cfg.teacher, fine_tuned_teacher, build_datamodule(cfg), cfg.paths.cache_dir,
+                       {**augment, "label": "teacher"}, online=True)
+    with pytest.raises(UserError, match="distill.augment.label='gold' must be"):
+        attach_teacher(cfg.teacher, fine_tuned_teacher, by["source"], cfg.paths.cache_dir, {"label": "gold"})

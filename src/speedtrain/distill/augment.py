@@ -15,10 +15,13 @@ from speedtrain.errors import UserError
 
 
 def word_dropout_variants(
-    texts: list[str], copies: int = 2, word_dropout: float = 0.15, word_swap: float = 0.0, seed: int = 0
+    texts: list[str], copies: int = 2, word_dropout: float = 0.15, word_swap: float = 0.0, seed: int = 0,
+    span: float = 0.0, span_words: int = 5,
 ) -> list[tuple[int, str]]:
     """Up to ``copies`` variants of each text: each word dropped with probability ``word_dropout`` (one kept at
-    least), then neighbouring words swapped with probability ``word_swap``.
+    least), then neighbouring words swapped with probability ``word_swap``; or, with probability ``span``, a run of
+    1 to ``span_words`` consecutive words of the text (Tang et al. 2019's n-gram sampling: the teacher's logits on
+    a phrase teach the student what the phrase alone says, e.g. "not bad" or "a waste of").
 
     Returns:
         ``(index of the source text, variant)`` pairs; variants equal to their source or to an earlier variant of
@@ -26,18 +29,25 @@ def word_dropout_variants(
     """
     if not isinstance(copies, int) or copies < 0:
         raise UserError(f"distill.augment.copies={copies!r} must be an integer >= 0 (0: no augmentation)")
-    for name, p in (("word_dropout", word_dropout), ("word_swap", word_swap)):
+    for name, p in (("word_dropout", word_dropout), ("word_swap", word_swap), ("span", span)):
         if not 0.0 <= p < 1.0:
             raise UserError(f"distill.augment.{name}={p} must be in [0, 1), e.g. 0.15")
+    if not isinstance(span_words, int) or span_words < 1:
+        raise UserError(f"distill.augment.span_words={span_words!r} must be an integer >= 1, e.g. 5")
     rng = random.Random(seed)
     out = []
     for i, text in enumerate(texts):
         words, seen = text.split(), {text}
         for _ in range(copies):
-            kept = [w for w in words if rng.random() >= word_dropout] or [rng.choice(words)]
-            for j in range(len(kept) - 1):
-                if rng.random() < word_swap:
-                    kept[j], kept[j + 1] = kept[j + 1], kept[j]
+            if span and rng.random() < span:  # drawn only when asked for: span=0 keeps the variants of before
+                n = rng.randint(1, min(span_words, len(words)))
+                start = rng.randrange(len(words) - n + 1)
+                kept = words[start:start + n]
+            else:
+                kept = [w for w in words if rng.random() >= word_dropout] or [rng.choice(words)]
+                for j in range(len(kept) - 1):
+                    if rng.random() < word_swap:
+                        kept[j], kept[j + 1] = kept[j + 1], kept[j]
             variant = " ".join(kept)
             if variant not in seen:
                 seen.add(variant)

@@ -130,8 +130,9 @@ def attach_teacher(
 
     Args:
         augment: keyword arguments of :func:`~speedtrain.distill.augment.word_dropout_variants` (``copies``,
-            ``word_dropout``, ``word_swap``, ``seed``): the variants join the training split (the transfer set).
-            None or ``copies=0``: the training texts only.
+            ``word_dropout``, ``word_swap``, ``span``, ``span_words``, ``seed``): the variants join the training
+            split (the transfer set); ``label``: their label for the cross-entropy, ``source`` (the text's they
+            come from) or ``teacher`` (the teacher's top class). None or ``copies=0``: the training texts only.
         online: instead of cached logits, the training split gets the teacher's tokenization and the teacher
             itself is returned, to run every step.
         hidden_layers: teacher layers whose pooled hidden states are cached beside the logits
@@ -152,6 +153,14 @@ def attach_teacher(
         ``distill/transfer_set`` (training inputs including the variants and unlabelled texts),
         ``distill/unlabeled`` (unlabelled texts used); and the teacher when ``online``.
     """
+    augment = dict(augment or {})
+    label_by = augment.pop("label", "source")
+    if label_by not in ("source", "teacher"):
+        raise UserError(f"distill.augment.label={label_by!r} must be 'source' (a variant keeps its text's label) or "
+                        "'teacher' (the teacher's top class)")
+    if online and label_by == "teacher":
+        raise UserError("distill.augment.label=teacher needs the teacher's cached logits (distill.teacher_logits="
+                        "cache): use distill.augment.label=source with an online teacher")
     ngram = teacher_cfg.get("ngram")
     if ngram and online:
         raise UserError("teacher=ensemble adds an n-gram model's logits to the cached teacher logits, so it cannot run "
@@ -178,12 +187,12 @@ def attach_teacher(
     train = datamodule.splits["train"]
     texts = list(train["text"])
     variants = word_dropout_variants(texts, **augment) if augment else []
-    if variants:
-        labels = train["label"]
-        datamodule.add_train_texts([v for _, v in variants], [labels[i] for i, _ in variants])
     texts_all = texts + [v for _, v in variants]
     metrics["distill/transfer_set"] = len(texts_all)
     if online:
+        if variants:
+            source = list(train["label"])
+            datamodule.add_train_texts([v for _, v in variants], [source[i] for i, _ in variants])
         datamodule.attach_teacher_inputs(tokenizer, texts_all, teacher_cfg.max_length)
         return metrics, teacher
     outputs, cached = outputs_of(texts, hidden_layers)
@@ -196,6 +205,11 @@ def attach_teacher(
         outputs["logits"], ensemble = ensemble_logits(node, teacher_cfg.seed, datamodule.splits, variants,
                                                       {**evaluated, "train": outputs["logits"]}, cache_dir)
         metrics.update(ensemble, **{"teacher/params": metrics["teacher/params"] + ensemble["teacher/ngram_params"]})
+    if variants:  # their labels: the source text's, or the teacher's top class (ensemble included)
+        source = list(train["label"])
+        labels = (outputs["logits"][len(texts):].argmax(1).tolist() if label_by == "teacher"
+                  else [source[i] for i, _ in variants])
+        datamodule.add_train_texts([v for _, v in variants], labels)
     weights = None
     if unlabeled:
         bare = new_texts(unlabeled, datamodule.splits)
