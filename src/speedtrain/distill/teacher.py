@@ -187,12 +187,13 @@ def attach_teacher(
     train = datamodule.splits["train"]
     texts = list(train["text"])
     variants = word_dropout_variants(texts, **augment) if augment else []
+    column = list(train["label"]) if variants else []  # read once: indexing the Dataset's column reads it whole
+    source_labels = [column[i] for i, _ in variants]
     texts_all = texts + [v for _, v in variants]
     metrics["distill/transfer_set"] = len(texts_all)
     if online:
         if variants:
-            source = list(train["label"])
-            datamodule.add_train_texts([v for _, v in variants], [source[i] for i, _ in variants])
+            datamodule.add_train_texts([v for _, v in variants], source_labels)
         datamodule.attach_teacher_inputs(tokenizer, texts_all, teacher_cfg.max_length)
         return metrics, teacher
     outputs, cached = outputs_of(texts, hidden_layers)
@@ -206,9 +207,8 @@ def attach_teacher(
                                                       {**evaluated, "train": outputs["logits"]}, cache_dir)
         metrics.update(ensemble, **{"teacher/params": metrics["teacher/params"] + ensemble["teacher/ngram_params"]})
     if variants:  # their labels: the source text's, or the teacher's top class (ensemble included)
-        source = list(train["label"])
         labels = (outputs["logits"][len(texts):].argmax(1).tolist() if label_by == "teacher"
-                  else [source[i] for i, _ in variants])
+                  else source_labels)
         datamodule.add_train_texts([v for _, v in variants], labels)
     weights = None
     if unlabeled:
