@@ -42,7 +42,7 @@ class NgramSettings:
     weight_grid: tuple[float, ...] = WEIGHT_GRID
     folds: int = 5
     min_df: int = 2
-    tol: float = 1e-3
+    tol: float = 1e-4
     max_iter: int = 1000
     n_jobs: int = -1
 
