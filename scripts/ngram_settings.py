@@ -3,10 +3,10 @@
     python scripts/ngram_settings.py --data rotten_tomatoes.csv embedded --splits 1 2 --set tol=1e-3 --set tol=1e-4
 
 For each data set (a ``text,label`` CSV or ``embedded``), split (``data.split_seed``) and ``--set`` (comma-separated
-``key=value`` of ``teacher.ngram``, over ``conf/teacher/ensemble.yaml``'s values), fits the model of
-:func:`speedtrain.distill.ngram_teacher.ngram_log_probs` on the split's training texts (the full fit and its out-of-fold
-fits, in this process) and prints val and test accuracy, the out-of-fold accuracy on the training texts and the
-seconds it took, then a table of the means.
+``key=value`` of ``teacher.ngram`` read as OmegaConf dot-list values, no lists, over ``conf/teacher/ensemble.yaml``'s
+values), fits the model of :func:`speedtrain.distill.ngram_teacher.ngram_log_probs` on the split's training texts
+(the full fit and its out-of-fold fits, in this process) and prints val and test accuracy, the out-of-fold accuracy
+on the training texts and the seconds it took, then a table of the means.
 """
 
 from __future__ import annotations
@@ -47,11 +47,9 @@ def main() -> None:
             sp = splits_of(data, split)
             train = (list(sp["train"]["text"]), np.asarray(sp["train"]["label"]))
             evaluate = {n: (list(sp[n]["text"]), np.asarray(sp[n]["label"])) for n in ("validation", "test")}
-            labels = len(set(train[1].tolist()) | set(evaluate["test"][1].tolist()))
+            labels = 1 + max(int(y.max()) for y in (train[1], *(e[1] for e in evaluate.values())))
             for spec in args.sets:
-                node = dict(base, n_jobs=1)
-                node.update({k: float(v) if "." in v or "e" in v else int(v)
-                             for k, v in (kv.split("=") for kv in spec.split(","))})
+                node = {**base, "n_jobs": 1, **OmegaConf.to_container(OmegaConf.from_dotlist(spec.split(",")))}
                 started = time.perf_counter()
                 out = ngram_log_probs(train, evaluate, [], labels, NgramSettings.from_config(node), seed=42)
                 row = {"data": Path(data).stem, "split": split, "set": spec, "s": time.perf_counter() - started,
