@@ -78,3 +78,55 @@ def test_variants_take_the_teachers_top_class_with_label_teacher(make_cfg, fine_
                        {**augment, "label": "teacher"}, online=True)
     with pytest.raises(UserError, match="distill.augment.label='gold' must be"):
         attach_teacher(cfg.teacher, fine_tuned_teacher, by["source"], cfg.paths.cache_dir, {"label": "gold"})
+
+
+def test_neighbours_are_the_nearest_whole_word_pieces():
+    from speedtrain.distill.augment import neighbour_words, text_words
+
+    vocab = {"[PAD]": 0, "[CLS]": 1, "good": 2, "great": 3, "bad": 4, "##s": 5, "film": 6, "movie": 7, "a": 8}
+    table = np.zeros((9, 3), np.float32)
+    table[2], table[3], table[4] = [1, 0.1, 0], [1, 0.2, 0], [0.8, -0.5, 0]  # good ~ great, then bad
+    table[6], table[7], table[5], table[1] = [0, 0, 1], [0, 0.1, 1], [0, 0.05, 1], [1, 0.1, 0.01]
+    words = text_words(["A good film, (Good) movie!", "bad"])
+    assert words == {"A", "good", "film", "Good", "movie", "bad"}
+    near = neighbour_words(table, vocab, words, k=2)
+    assert near["good"] == ["great", "bad"] and near["Good"] == near["good"]  # "Good" found as "good"
+    assert near["film"][0] == "movie" and near["bad"][0] == "good"
+    assert "A" not in near  # one letter: neither a candidate nor replaced
+    assert all("##s" not in v and "[CLS]" not in v for v in near.values())  # pieces and specials never come in
+    with pytest.raises(UserError, match="distill.augment.replace_neighbours=0 must be"):
+        neighbour_words(table, vocab, words, k=0)
+
+
+def test_replace_swaps_words_for_neighbours_and_replace_zero_keeps_the_variants_of_before():
+    texts = ["a good film, (Good) to watch", "a bad film", *TEXTS]
+    near = {"good": ["great"], "Good": ["great"], "film": ["movie"], "bad": ["awful"]}
+    swapped = word_dropout_variants(texts, copies=4, word_dropout=0.0, replace=0.9, neighbours=near, seed=0)
+    assert any(v == "a great movie, (Great) to watch" for i, v in swapped if i == 0)  # punctuation, capital kept
+    for i, variant in swapped:
+        for old, new in zip(texts[i].split(), variant.split()):
+            assert new == old or new.strip(",()").lower() in {"great", "movie", "awful"}
+    assert all(i in (0, 1) for i, _ in swapped)  # nothing to replace in the other texts: no variant
+    assert word_dropout_variants(texts, copies=3, seed=5) == word_dropout_variants(
+        texts, copies=3, replace=0.0, neighbours=near, seed=5)
+    with pytest.raises(UserError, match="distill.augment.replace=1.0 must be in"):
+        word_dropout_variants(texts, replace=1.0)
+
+
+def test_replaced_variants_join_the_transfer_set_with_the_teachers_logits(make_cfg, fine_tuned_teacher):
+    from speedtrain.builders import build_datamodule
+    from speedtrain.distill.teacher import attach_teacher
+
+    cfg = make_cfg("+experiment=distill", "teacher.max_length=24")
+    augment = {"copies": 2, "word_dropout": 0.0, "seed": 0, "label": "teacher"}
+    sizes = {}
+    for replace in (0.0, 0.5):
+        dm = build_datamodule(cfg)
+        dm.prepare()
+        n = dm.splits["train"].num_rows
+        metrics, _ = attach_teacher(cfg.teacher, fine_tuned_teacher, dm, cfg.paths.cache_dir,
+                                    {**augment, "replace": replace, "replace_neighbours": 4})
+        sizes[replace] = metrics["distill/transfer_set"]
+        assert len(dm.teacher_arrays["teacher_logits"]) == len(dm.encoded["train"]) == sizes[replace]
+    assert sizes[0.0] == n  # no dropout, no replacement: every copy is its source, none is added
+    assert sizes[0.5] > 1.5 * n  # most texts have words the teacher knows neighbours of

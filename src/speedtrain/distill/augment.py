@@ -5,23 +5,97 @@ labels that are not in the training set (Tang et al. 2019, "Distilling task-spec
 simple neural networks", used masking and word swaps). Each variant keeps its source text's label for the
 cross-entropy term and gets the teacher's own logits for the KD term. Variants are drawn once with a seed, so
 their teacher logits are cached like the training texts' and a training step still runs only the student.
+
+``replace`` swaps words for their neighbours in the teacher's word-piece embeddings (:func:`neighbour_words`:
+"good" -> "excellent", "bad", "great"; "boring" -> "dull", "exciting"), Tang et al.'s POS-guided replacement
+without a tagger: the teacher's logits on "a dull, exciting film" tell the student about words and combinations
+the training texts never show.
 """
 
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
 
 from speedtrain.errors import UserError
+
+_WORD = re.compile(r"^(\W*)(\w+)(\W*)$")  # a word with the punctuation around it: "(good," -> "(", "good", ","
+
+
+def text_words(texts: Iterable[str]) -> set[str]:
+    """The distinct words of ``texts`` (whitespace-split, the punctuation around a word left off), as written."""
+    out = set()
+    for text in texts:
+        for word in text.split():
+            m = _WORD.match(word)
+            if m:
+                out.add(m[2])
+    return out
+
+
+@torch.no_grad()
+def neighbour_words(embeddings: np.ndarray | torch.Tensor, vocab: Mapping[str, int], words: Iterable[str],
+                    k: int = 8) -> dict[str, list[str]]:
+    """The ``k`` whole-word pieces of a vocabulary nearest each of ``words`` by the cosine of their embeddings.
+
+    Args:
+        embeddings: (V, H) the teacher's input word-piece embeddings.
+        vocab: the teacher's piece -> id.
+        words: the words to find neighbours for; a word that is not a whole piece (as written, else lowercased) has
+            none. Words and candidates are alphabetic pieces of two letters or more (no ``##`` pieces, no special
+            tokens, no "a").
+
+    Returns:
+        ``{word: [neighbour, ...]}`` (nearest first, the word itself left out) for the words that are pieces.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise UserError(f"distill.augment.replace_neighbours={k!r} must be an integer >= 1, e.g. 8")
+    table = torch.nn.functional.normalize(torch.as_tensor(embeddings, dtype=torch.float32), dim=1)
+    candidates = sorted(i for w, i in vocab.items() if w.isalpha() and len(w) > 1 and i < len(table))
+    names = {i: w for w, i in vocab.items()}
+    found = {}
+    for word in words:
+        piece = word if word in vocab else word.lower()
+        if piece in vocab and piece.isalpha() and len(piece) > 1 and vocab[piece] < len(table):
+            found[word] = vocab[piece]
+    keys = sorted(found)
+    if not keys or len(candidates) < 2:
+        return {}
+    pool = table[candidates]  # (N, H)
+    out = {}
+    for start in range(0, len(keys), 2048):
+        chunk = keys[start:start + 2048]
+        sims = table[[found[w] for w in chunk]] @ pool.T  # (b, N)
+        top = sims.topk(min(k + 1, len(candidates)), dim=1).indices.tolist()
+        for word, row in zip(chunk, top):
+            own = found[word]
+            out[word] = [names[candidates[j]] for j in row if candidates[j] != own][:k]
+    return out
+
+
+def _replaced(word: str, neighbours: Mapping[str, list[str]], rng: random.Random) -> str:
+    """``word`` with its core swapped for one of its neighbours (its punctuation and capital kept), if it has any."""
+    m = _WORD.match(word)
+    options = neighbours.get(m[2]) if m else None
+    if not options:
+        return word
+    new = rng.choice(options)
+    return m[1] + (new.capitalize() if m[2][:1].isupper() else new) + m[3]
 
 
 def word_dropout_variants(
     texts: list[str], copies: int = 2, word_dropout: float = 0.15, word_swap: float = 0.0, seed: int = 0,
-    span: float = 0.0, span_words: int = 5,
+    span: float = 0.0, span_words: int = 5, replace: float = 0.0, neighbours: Mapping[str, list[str]] | None = None,
 ) -> list[tuple[int, str]]:
     """Up to ``copies`` variants of each text: each word dropped with probability ``word_dropout`` (one kept at
     least), then neighbouring words swapped with probability ``word_swap``; or, with probability ``span``, a run of
     1 to ``span_words`` consecutive words of the text (Tang et al. 2019's n-gram sampling: the teacher's logits on
-    a phrase teach the student what the phrase alone says, e.g. "not bad" or "a waste of").
+    a phrase teach the student what the phrase alone says, e.g. "not bad" or "a waste of"). A word-dropout copy's
+    words are then each replaced with probability ``replace`` by one of their ``neighbours`` (:func:`neighbour_words`).
 
     Returns:
         ``(index of the source text, variant)`` pairs; variants equal to their source or to an earlier variant of
@@ -29,7 +103,7 @@ def word_dropout_variants(
     """
     if not isinstance(copies, int) or copies < 0:
         raise UserError(f"distill.augment.copies={copies!r} must be an integer >= 0 (0: no augmentation)")
-    for name, p in (("word_dropout", word_dropout), ("word_swap", word_swap), ("span", span)):
+    for name, p in (("word_dropout", word_dropout), ("word_swap", word_swap), ("span", span), ("replace", replace)):
         if not 0.0 <= p < 1.0:
             raise UserError(f"distill.augment.{name}={p} must be in [0, 1), e.g. 0.15")
     if not isinstance(span_words, int) or span_words < 1:
@@ -48,6 +122,8 @@ def word_dropout_variants(
                 for j in range(len(kept) - 1):
                     if rng.random() < word_swap:
                         kept[j], kept[j + 1] = kept[j + 1], kept[j]
+                if replace and neighbours:  # drawn only when asked for: replace=0 keeps the variants of before
+                    kept = [_replaced(w, neighbours, rng) if rng.random() < replace else w for w in kept]
             variant = " ".join(kept)
             if variant not in seen:
                 seen.add(variant)

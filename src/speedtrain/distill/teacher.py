@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from speedtrain.config import config_dir
 from speedtrain.data.datamodule import TextDataModule
 from speedtrain.data.tokenizer import save_atomically
-from speedtrain.distill.augment import word_dropout_variants
+from speedtrain.distill.augment import neighbour_words, text_words, word_dropout_variants
 from speedtrain.distill.logit_cache import cached_teacher_outputs
 from speedtrain.distill.ngram_teacher import ensemble_logits
 from speedtrain.errors import UserError
@@ -130,9 +130,11 @@ def attach_teacher(
 
     Args:
         augment: keyword arguments of :func:`~speedtrain.distill.augment.word_dropout_variants` (``copies``,
-            ``word_dropout``, ``word_swap``, ``span``, ``span_words``, ``seed``): the variants join the training
-            split (the transfer set); ``label``: their label for the cross-entropy, ``source`` (the text's they
-            come from) or ``teacher`` (the teacher's top class). None or ``copies=0``: the training texts only.
+            ``word_dropout``, ``word_swap``, ``span``, ``span_words``, ``replace``, ``seed``): the variants join the
+            training split (the transfer set); ``label``: their label for the cross-entropy, ``source`` (the text's
+            they come from) or ``teacher`` (the teacher's top class); ``replace_neighbours``: how many of a word's
+            nearest pieces in the teacher's input embeddings may replace it. None or ``copies=0``: the training
+            texts only.
         online: instead of cached logits, the training split gets the teacher's tokenization and the teacher
             itself is returned, to run every step.
         hidden_layers: teacher layers whose pooled hidden states are cached beside the logits
@@ -155,6 +157,7 @@ def attach_teacher(
     """
     augment = dict(augment or {})
     label_by = augment.pop("label", "source")
+    replace_k = augment.pop("replace_neighbours", 8)
     if label_by not in ("source", "teacher"):
         raise UserError(f"distill.augment.label={label_by!r} must be 'source' (a variant keeps its text's label) or "
                         "'teacher' (the teacher's top class)")
@@ -186,6 +189,9 @@ def attach_teacher(
         metrics[f"teacher/{key}_acc"] = float(np.mean(logits.argmax(1) == np.asarray(ds["label"])))
     train = datamodule.splits["train"]
     texts = list(train["text"])
+    if augment.get("replace") and augment.get("copies"):  # the teacher's nearest words, for its training words
+        augment["neighbours"] = neighbour_words(teacher.get_input_embeddings().weight, tokenizer.get_vocab(),
+                                                text_words(texts), replace_k)
     variants = word_dropout_variants(texts, **augment) if augment else []
     column = list(train["label"]) if variants else []  # read once: indexing the Dataset's column reads it whole
     source_labels = [column[i] for i, _ in variants]
