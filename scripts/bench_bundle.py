@@ -93,6 +93,8 @@ def roofline(bundle: Path) -> str:
     from speedtrain.bundle.runtime import TextEncoder
 
     config = json.loads((bundle / "config.json").read_text())
+    if "intermediate_size" not in config:  # the static families have no transformer layers to count
+        return "Roofline: not computed (a static-family student: no transformer layers to count).\n"
     h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
     max_length = json.loads((bundle / "speedtrain.json").read_text())["max_length"]
     texts = (bundle / TEXTS_FILE).read_text().splitlines()
