@@ -19,7 +19,7 @@ from speedtrain.config import compose_config, config_dir
 from speedtrain.data.device import DeviceBatches
 from speedtrain.errors import UserError
 from speedtrain.pipeline import run
-from speedtrain.trainer import batch_plan, build_trainer, check_trainer, predict_trainers
+from speedtrain.trainer import batch_plan, build_trainer, check_trainer, labelling_device, predict_trainers
 from tests.conftest import EXPORT_TINY, TINY, run_train_py
 
 TRAINERS = sorted(p.stem for p in (config_dir() / "trainer").glob("*.yaml"))
@@ -268,3 +268,13 @@ def test_keep_freed_memory_keeps_a_freed_block_while_training_and_returns_it_aft
     for keep in (True, False):
         trainer = build_trainer(make_cfg("logger=none", f"trainer.speed.keep_freed_memory={keep}"), prefix="x")
         assert sum(type(c).__name__ == "KeepFreedMemory" for c in trainer.callbacks) == keep
+
+
+def test_a_gpu_run_of_one_process_labels_on_the_gpu(monkeypatch):
+    """The teacher of a one-process GPU run labels its texts there, not with the host's cores."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert labelling_device(compose_config(["trainer=gpu"])) == "cuda"
+    assert labelling_device(compose_config(["trainer.accelerator=auto"])) == "cuda"
+    assert labelling_device(compose_config([])) == "cpu"  # trainer=cpu: the default
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert labelling_device(compose_config(["trainer.accelerator=auto"])) == "cpu"

@@ -169,6 +169,14 @@ def predict_trainers(cfg: DictConfig):
     return make
 
 
+def labelling_device(cfg: DictConfig) -> str:
+    """Where a run of one process has the teacher label its texts: ``cuda`` when the run trains on a GPU
+    (``trainer.accelerator`` gpu, cuda or auto, with CUDA available), else ``cpu``. Labelling used to stay on the
+    CPU there, so a GPU run's teacher labelled a transfer set with the host's cores while the GPU idled."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    return "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
+
+
 def fit_epochs(cfg: DictConfig, train_rows: int) -> int | None:
     """The epochs a fit of ``cfg`` on ``train_rows`` training inputs makes (``trainer.min_steps`` counted)."""
     return epochs_for_min_steps(cfg.trainer, train_rows, int(cfg.data.batch_size))

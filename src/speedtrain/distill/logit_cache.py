@@ -190,10 +190,10 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def cached_teacher_outputs(
     teacher_dir: str | Path, teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-    max_length: int, cache_dir: str | Path, layers: tuple[int, ...] = (), make_trainer=None,
+    max_length: int, cache_dir: str | Path, layers: tuple[int, ...] = (), make_trainer=None, device: str = "cpu",
 ) -> tuple[dict[str, np.ndarray], bool]:
     """:func:`teacher_outputs`, cached under ``cache_dir/logits`` (``make_trainer``: label with Lightning's predict
-    loop, see there).
+    loop, see there; else on ``device``, the teacher moved there for the labelling and back to where it was).
 
     Returns:
         The outputs (``logits``, and ``hidden`` with ``layers``) and whether they came from the cache.
@@ -211,8 +211,14 @@ def cached_teacher_outputs(
     shards = path.with_suffix(".parts")  # the finished shards of this labelling until it is whole
     _claim_shard_folder(shards, {"teacher": digest, "texts": len(texts), "max_length": max_length,
                                  "layers": list(layers), "shard_texts": SHARD_TEXTS})
-    outputs = teacher_outputs(teacher, tokenizer, texts, max_length, layers=layers, shard_dir=shards,
-                              shard_size=SHARD_TEXTS, make_trainer=make_trainer)
+    home = teacher.device
+    if make_trainer is None:
+        teacher.to(device)
+    try:
+        outputs = teacher_outputs(teacher, tokenizer, texts, max_length, layers=layers, shard_dir=shards,
+                                  shard_size=SHARD_TEXTS, make_trainer=make_trainer)
+    finally:
+        teacher.to(home)
     rank, world = _rank_and_world()
     if world > 1:
         torch.distributed.barrier()  # every rank has read every shard: the folder may go

@@ -83,13 +83,14 @@ class NgramSettings:
         return self.C if isinstance(self.C, tuple) else (self.C,)
 
 
-def fold_assignment(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+def fold_assignment(labels: np.ndarray, folds: int, seed: int, setting: str = "teacher.ngram.folds") -> np.ndarray:
     """Stratified, seeded fold ids (N,) in ``0..folds-1``: each label's texts are dealt round-robin in random
-    order, continuing where the previous label stopped, so fold sizes differ by at most one."""
+    order, continuing where the previous label stopped, so fold sizes differ by at most one. ``setting``: the
+    config key that chose ``folds``, for the error."""
     labels = np.asarray(labels)
     if len(labels) < folds:
-        raise UserError(f"teacher.ngram.folds={folds} needs at least {folds} training texts, got {len(labels)}; "
-                        "lower teacher.ngram.folds")
+        raise UserError(f"{setting}={folds} needs at least {folds} training texts, got {len(labels)}; "
+                        f"lower {setting}")
     rng = np.random.default_rng(seed)
     fold, start = np.empty(len(labels), dtype=np.int64), 0
     for label in np.unique(labels):

@@ -24,7 +24,7 @@ from speedtrain.data.datamodule import TextDataModule
 from speedtrain.data.tokenizer import save_atomically
 from speedtrain.distill.augment import neighbour_words, text_words, word_dropout_variants
 from speedtrain.distill.logit_cache import cached_teacher_outputs
-from speedtrain.distill.ngram_teacher import ensemble_logits
+from speedtrain.distill.ngram_teacher import ensemble_logits, fold_assignment
 from speedtrain.errors import UserError
 from speedtrain.models.digest import weights_digest
 from speedtrain.models.teacher import load_classifier, load_tokenizer, resolve_source
@@ -125,6 +125,7 @@ def attach_teacher(
     teacher_cfg: DictConfig, path: str | Path, datamodule: TextDataModule, cache_dir: str,
     augment: dict | None = None, online: bool = False, hidden_layers: tuple[int, ...] = (),
     unlabeled: list[str] | None = None, unlabeled_weight: float = 1.0, make_trainer=None,
+    fold_teachers: list[str] | None = None, device: str = "cpu",
 ) -> tuple[dict, PreTrainedModel | None]:
     """Bring the teacher's knowledge of the training inputs into ``datamodule``; return its metrics.
 
@@ -145,6 +146,12 @@ def attach_teacher(
             split are dropped first (no test text is trained on), and repeats.
         make_trainer: ``callbacks -> Trainer`` of a run of several processes: the teacher labels through its
             predict loop, each rank its share (:mod:`speedtrain.distill.labelling`).
+        fold_teachers: cross-fitting (``teacher.crossfit``): the folders of k teachers, teacher ``f`` fine-tuned
+            without fold ``f`` of the training texts (``fold_assignment(labels, k, teacher_cfg.seed)``). A training
+            text and its variants get the logits of the teacher that did not see it; validation, test and
+            unlabelled texts those of ``path``, the teacher fine-tuned on all of them.
+        device: where a run of one process labels (``cuda`` on a GPU run: :func:`~speedtrain.trainer.labelling_device`);
+            the returned online teacher is on the CPU, for Lightning to place.
 
     With a ``teacher_cfg.ngram`` node (``teacher=ensemble``) the cached logits are the combination of the
     transformer's with an n-gram model's (:func:`~speedtrain.distill.ngram_teacher.ensemble_logits`), and
@@ -180,7 +187,7 @@ def attach_teacher(
 
     def outputs_of(texts: list[str], layers: tuple[int, ...] = ()) -> tuple[dict[str, np.ndarray], bool]:
         return cached_teacher_outputs(path, teacher, tokenizer, texts, teacher_cfg.max_length, cache_dir, layers,
-                                      make_trainer=make_trainer)
+                                      make_trainer=make_trainer, device=device)
 
     evaluated = {}
     for split, key in (("validation", "val"), ("test", "test")):  # the teacher's own accuracy (cached logits)
@@ -202,8 +209,14 @@ def attach_teacher(
             datamodule.add_train_texts([v for _, v in variants], source_labels)
         datamodule.attach_teacher_inputs(tokenizer, texts_all, teacher_cfg.max_length)
         return metrics, teacher
-    outputs, cached = outputs_of(texts, hidden_layers)
-    if variants:  # cached separately: the training texts' outputs stay valid when the augmentation changes
+    if fold_teachers:
+        outputs, cached = out_of_fold_outputs(teacher_cfg, fold_teachers, datamodule, texts, variants, cache_dir,
+                                              hidden_layers, make_trainer, device)
+        metrics["teacher/crossfit_train_acc"] = float(np.mean(outputs["logits"][: len(texts)].argmax(1)
+                                                              == np.asarray(train["label"])))
+    else:
+        outputs, cached = outputs_of(texts, hidden_layers)
+    if variants and not fold_teachers:  # cached apart: the training texts' outputs stay valid when the variants change
         extra, extra_cached = outputs_of(texts_all[len(texts):], hidden_layers)
         outputs = {k: np.concatenate([v, extra[k]]) for k, v in outputs.items()}
         cached = cached and extra_cached
@@ -237,6 +250,40 @@ def attach_teacher(
     datamodule.attach_teacher_logits(outputs["logits"], outputs.get("hidden"), weights)
     metrics["teacher/logits_from_cache"] = cached
     return metrics, None
+
+
+def out_of_fold_outputs(teacher_cfg: DictConfig, fold_teachers: list[str], datamodule: TextDataModule,
+                        texts: list[str], variants: list[tuple[int, str]], cache_dir: str,
+                        layers: tuple[int, ...] = (), make_trainer=None,
+                        device: str = "cpu") -> tuple[dict[str, np.ndarray], bool]:
+    """The outputs of the training texts and then of their ``variants``, each row by the fold teacher that did not
+    see its (source) text; cached per fold teacher, training texts and variants apart. Returns them and whether
+    all came from the cache."""
+    k = len(fold_teachers)
+    fold = fold_assignment(np.asarray(datamodule.splits["train"]["label"]), k, int(teacher_cfg.seed),
+                           setting="teacher.crossfit")
+    source = np.concatenate([np.arange(len(texts)), np.array([i for i, _ in variants], dtype=np.int64)])
+    inputs = texts + [v for _, v in variants]
+    outputs: dict[str, np.ndarray] = {}
+    cached = True
+    for f, folder in enumerate(fold_teachers):
+        teacher = load_classifier(folder, num_labels=datamodule.num_labels, fine_tuned=True)
+        tokenizer = load_tokenizer(folder)
+        held = np.flatnonzero(fold[source] == f)
+        for rows in (held[held < len(texts)], held[held >= len(texts)]):  # texts, variants
+            if not len(rows):
+                continue
+            found, hit = cached_teacher_outputs(folder, teacher, tokenizer, [inputs[r] for r in rows],
+                                                teacher_cfg.max_length, cache_dir, layers, make_trainer=make_trainer,
+                                                device=device)
+            for name, values in found.items():
+                if name not in outputs:
+                    outputs[name] = np.zeros((len(inputs), *values.shape[1:]), values.dtype)
+                outputs[name][rows] = values
+            cached = cached and hit
+        log.info("teacher.crossfit: fold teacher %d of %d labelled %s inputs", f + 1, k, f"{len(held):,}")
+        del teacher
+    return outputs, cached
 
 
 def new_texts(texts: list[str], splits) -> list[str]:
