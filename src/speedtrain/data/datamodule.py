@@ -170,13 +170,6 @@ class TextDataModule(pl.LightningDataModule):
         return splits.map(encode, batched=True, remove_columns=["text"], desc="tokenizing",
                           num_proc=procs if procs > 1 else None)
 
-    def keep_train_rows(self, rows: np.ndarray) -> None:
-        """Keep only these rows of the training split (a cross-fitted teacher's folds); the other splits stay."""
-        assert self.encoded is not None and self.splits is not None
-        self.splits["train"] = self.splits["train"].select(rows)
-        self.encoded["train"] = self.encoded["train"].select(rows)
-        self._tables.pop("train", None)
-
     def add_train_texts(self, texts: list[str], labels: list[int]) -> None:
         """Append more training inputs (a transfer set), tokenized like the rest; ``splits`` keeps the originals."""
         assert self.encoded is not None
