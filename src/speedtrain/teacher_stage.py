@@ -115,7 +115,8 @@ def fold_teachers(cfg: DictConfig, key: str, folds: int) -> list[str]:
         fold = fold_assignment(np.asarray(data.splits["train"]["label"]), folds, int(cfg.teacher.seed),
                                setting="teacher.crossfit")
         keep = np.flatnonzero(fold != f)  # right after prepare(): no batches or device tables built from it yet
-        data.splits["train"], data.encoded["train"] = data.splits["train"].select(keep), data.encoded["train"].select(keep)
+        data.splits["train"] = data.splits["train"].select(keep)
+        data.encoded["train"] = data.encoded["train"].select(keep)
         fold_key = hashlib.sha256(f"{key}/crossfit fold {f} of {folds}".encode()).hexdigest()[:20]
         timings = {"data_s": time.perf_counter() - started}
         dirs.append(_fit_or_find(fold_cfg, data, fold_key, f"teacher_fold{f}", started, timings)[0])

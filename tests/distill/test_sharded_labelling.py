@@ -217,3 +217,29 @@ def _keep_one_shard(teacher_outputs):
         return teacher_outputs(*args, **{**kwargs, "batch_size": 8})
 
     return outputs
+
+
+def test_a_one_process_run_labels_on_the_device_it_is_given_and_gives_the_teacher_back(tmp_path, monkeypatch):
+    """``cached_teacher_outputs(device=...)`` (``trainer.labelling_device``: cuda on a GPU run) moves the teacher
+    there for the labelling and back after; the outputs are those of labelling where the teacher was."""
+    from speedtrain.distill import logit_cache
+    from speedtrain.models.teacher import load_classifier, load_tokenizer
+
+    _teacher(tmp_path / "teacher")
+    folder = str(tmp_path / "teacher")
+    teacher, tokenizer = load_classifier(folder, num_labels=3), load_tokenizer(folder)
+    expected = logit_cache.teacher_outputs(teacher, tokenizer, TEXTS, 16)["logits"]
+    moves, seen = [], []
+    to = type(teacher).to
+    monkeypatch.setattr(type(teacher), "to", lambda self, device: moves.append(str(device)) or to(self, "cpu"))
+
+    def spy(model, tok, texts, max_length, layers):
+        seen.append(model is teacher)
+        return batch(model, tok, texts, max_length, layers)
+
+    batch = logit_cache._batch_outputs
+    monkeypatch.setattr(logit_cache, "_batch_outputs", spy)
+    outputs, hit = logit_cache.cached_teacher_outputs(tmp_path / "teacher", teacher, tokenizer, TEXTS, 16,
+                                                      tmp_path / "cache", device="cuda")
+    assert moves == ["cuda", "cpu"] and seen and all(seen) and not hit  # there for the labelling, then back home
+    np.testing.assert_allclose(outputs["logits"], expected, atol=1e-5)
