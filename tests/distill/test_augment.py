@@ -56,6 +56,23 @@ def test_spans_are_runs_of_consecutive_words_and_span_zero_keeps_the_variants_of
         word_dropout_variants(long, span=1.0)
 
 
+def test_splices_join_a_texts_first_words_to_another_texts_last_words():
+    long = ["the film is not bad at all", "a waste of two good actors", "dull", *TEXTS]
+    spliced = word_dropout_variants(long, copies=6, word_dropout=0.0, splice=0.99, seed=3)
+    assert len(spliced) >= 12
+    for i, variant in spliced:
+        words, run = long[i].split(), variant.split()
+        head = next(n for n in range(len(run), 0, -1) if run[:n] == words[:n])  # the longest shared first words
+        assert 1 <= head <= max(1, len(words) - 1)  # a proper prefix (all of a one-word text)
+        tails = [t.split() for j, t in enumerate(long) if j != i]
+        assert any(len(run) - n <= max(1, len(t) - 1) and run[n:] == t[len(t) - (len(run) - n):]
+                   for n in range(1, head + 1) for t in tails)  # the rest: the last words of another text
+    assert word_dropout_variants(long, copies=3, seed=2) == word_dropout_variants(long, copies=3, splice=0.0, seed=2)
+    assert word_dropout_variants(["only one text here"], copies=3, word_dropout=0.0, splice=0.99) == []
+    with pytest.raises(UserError, match="distill.augment.splice=1.0 must be in"):
+        word_dropout_variants(long, splice=1.0)
+
+
 def test_variants_take_the_teachers_top_class_with_label_teacher(make_cfg, fine_tuned_teacher):
     from speedtrain.builders import build_datamodule
     from speedtrain.distill.teacher import attach_teacher

@@ -87,15 +87,25 @@ def _replaced(word: str, neighbours: Mapping[str, list[str]], rng: random.Random
     return m[1] + (new.capitalize() if m[2][:1].isupper() else new) + m[3]
 
 
+def _spliced(head: list[str], tail: list[str], rng: random.Random) -> list[str]:
+    """The first 1..n-1 words of ``head`` and the last 1..m-1 words of ``tail`` (a one-word text: all of it)."""
+    first = head[:rng.randint(1, max(1, len(head) - 1))]
+    return first + tail[rng.randint(min(1, len(tail) - 1), len(tail) - 1):]
+
+
 def word_dropout_variants(
     texts: list[str], copies: int = 2, word_dropout: float = 0.15, word_swap: float = 0.0, seed: int = 0,
     span: float = 0.0, span_words: int = 5, replace: float = 0.0, neighbours: Mapping[str, list[str]] | None = None,
+    splice: float = 0.0,
 ) -> list[tuple[int, str]]:
     """Up to ``copies`` variants of each text: each word dropped with probability ``word_dropout`` (one kept at
     least), then neighbouring words swapped with probability ``word_swap``; or, with probability ``span``, a run of
     1 to ``span_words`` consecutive words of the text (Tang et al. 2019's n-gram sampling: the teacher's logits on
     a phrase teach the student what the phrase alone says, e.g. "not bad" or "a waste of"). A word-dropout copy's
     words are then each replaced with probability ``replace`` by one of their ``neighbours`` (:func:`neighbour_words`).
+    With probability ``splice`` a copy is instead the text's first words joined to the last words of another text
+    drawn at random (each cut at a random word): new texts that mix two opinions or topics ("a gorgeous cast" +
+    "but the script drags"), whose teacher logits say which part wins (a text-level mixup, as MixKD mixes inputs).
 
     Returns:
         ``(index of the source text, variant)`` pairs; variants equal to their source or to an earlier variant of
@@ -103,7 +113,8 @@ def word_dropout_variants(
     """
     if not isinstance(copies, int) or copies < 0:
         raise UserError(f"distill.augment.copies={copies!r} must be an integer >= 0 (0: no augmentation)")
-    for name, p in (("word_dropout", word_dropout), ("word_swap", word_swap), ("span", span), ("replace", replace)):
+    for name, p in (("word_dropout", word_dropout), ("word_swap", word_swap), ("span", span), ("replace", replace),
+                    ("splice", splice)):
         if not 0.0 <= p < 1.0:
             raise UserError(f"distill.augment.{name}={p} must be in [0, 1), e.g. 0.15")
     if not isinstance(span_words, int) or span_words < 1:
@@ -113,7 +124,9 @@ def word_dropout_variants(
     for i, text in enumerate(texts):
         words, seen = text.split(), {text}
         for _ in range(copies):
-            if span and rng.random() < span:  # drawn only when asked for: span=0 keeps the variants of before
+            if splice and len(texts) > 1 and rng.random() < splice:  # drawn only when asked for, as span
+                kept = _spliced(words, texts[(i + rng.randrange(1, len(texts))) % len(texts)].split() or words, rng)
+            elif span and rng.random() < span:  # drawn only when asked for: span=0 keeps the variants of before
                 n = rng.randint(1, min(span_words, len(words)))
                 start = rng.randrange(len(words) - n + 1)
                 kept = words[start:start + n]
