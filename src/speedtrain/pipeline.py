@@ -21,7 +21,7 @@ from speedtrain.fit import fit_and_evaluate
 from speedtrain.loggers import finish_wandb
 from speedtrain.resume import continue_hint, resumed_config
 from speedtrain.stopping import DEFAULT_SIGNALS, Stopped, handle_stop_signals, report
-from speedtrain.teacher_stage import ensure_teacher, prepare_distillation, read_unlabeled
+from speedtrain.teacher_stage import check_crossfit, ensure_teacher, prepare_distillation, read_unlabeled
 from speedtrain.trainer import check_trainer, fit_epochs
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,8 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.teacher.get("ngram") and (cfg.get("distill") or {}).get("teacher_logits") == "online":  # before stage 1
         raise UserError("teacher=ensemble needs cached teacher logits (its n-gram half cannot run every step): pass "
                         "distill.teacher_logits=cache, or teacher=minilm to distil online")
+    if cfg.get("distill"):
+        check_crossfit(cfg)  # before the data is read
     if cfg.objective.split("/")[0] not in ("val", "test"):
         raise UserError(f"objective={cfg.objective!r} must be a val/ or test/ metric, e.g. objective=val/acc")
 

@@ -48,16 +48,9 @@ def ensure_teacher(cfg: DictConfig) -> tuple[str, dict]:
         ``teacher/crossfit`` and ``teacher/fold_dirs``, the fold teachers' folders).
     """
     started, t = time.perf_counter(), cfg.teacher
-    folds = crossfit_folds(cfg)
+    folds = check_crossfit(cfg)
     if t.get("path"):
-        if folds:
-            raise UserError(f"teacher.crossfit={folds} fine-tunes {folds} fold teachers, so it needs stage 1: drop "
-                            "teacher.path (the teacher is fine-tuned or found in the cache) or pass teacher.crossfit=0")
         return t.path, {"teacher/source": str(t.path)}
-    if folds and (cfg.get("distill") or {}).get("teacher_logits", "cache") == "online":
-        raise UserError(f"teacher.crossfit={folds} labels each training text with a fold teacher's cached logits, so "
-                        "it needs distill.teacher_logits=cache: drop distill.teacher_logits=online, or pass "
-                        "teacher.crossfit=0")
     if not t.get("source"):
         raise UserError("distillation needs a teacher: pick one (teacher=minilm) or pass teacher.path=<folder> of "
                         "a fine-tuned teacher")
@@ -90,6 +83,20 @@ def _fit_or_find(teacher_cfg: DictConfig, data: TextDataModule, key: str, stage:
     folder = cached or Path(teacher_cfg.paths.output_dir) / "model"
     return str(folder), {"teacher/cached": False, "teacher/key": key, "teacher/source": t.source,
                          "teacher/fit_s": metrics["timings"]["total_s"]}
+
+
+def check_crossfit(cfg: DictConfig) -> int:
+    """``teacher.crossfit`` checked against the rest of a distillation run's config (``check_config`` calls it
+    before any work): the number of folds, 0 when off."""
+    folds = crossfit_folds(cfg)
+    if folds and cfg.teacher.get("path"):
+        raise UserError(f"teacher.crossfit={folds} fine-tunes {folds} fold teachers, so it needs stage 1: drop "
+                        "teacher.path (the teacher is fine-tuned or found in the cache) or pass teacher.crossfit=0")
+    if folds and (cfg.get("distill") or {}).get("teacher_logits", "cache") == "online":
+        raise UserError(f"teacher.crossfit={folds} labels each training text with a fold teacher's cached logits, so "
+                        "it needs distill.teacher_logits=cache: drop distill.teacher_logits=online, or pass "
+                        "teacher.crossfit=0")
+    return folds
 
 
 def crossfit_folds(cfg: DictConfig) -> int:

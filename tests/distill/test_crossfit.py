@@ -18,6 +18,7 @@ from speedtrain.distill.losses import KDLoss
 from speedtrain.distill.ngram_teacher import fold_assignment
 from speedtrain.errors import UserError
 from speedtrain.models.teacher import load_classifier, load_tokenizer
+from speedtrain.pipeline import check_config
 from speedtrain.teacher_stage import ensure_teacher, prepare_distillation
 from tests.conftest import TINY_RUN
 
@@ -94,6 +95,8 @@ def test_each_training_text_is_labelled_by_the_fold_teacher_that_did_not_see_it(
 def test_bad_crossfit_settings_fail_before_any_fine_tuning(tmp_path, override, words):
     cfg = compose_config([*TINY_RUN, *STATIC, "+experiment=distill", "teacher.crossfit=2", override,
                           f"paths.output_dir={tmp_path}"])
+    with pytest.raises(UserError, match=words.replace("(", r"\(")):
+        check_config(cfg)  # the config checks, before the data is read
     with pytest.raises(UserError, match=words.replace("(", r"\(")):
         ensure_teacher(cfg)
     assert not any(Path(tmp_path).iterdir())  # nothing fine-tuned, nothing written
