@@ -103,6 +103,10 @@ def check_config(cfg: DictConfig) -> None:
                         "distill.teacher_logits=cache, or teacher=minilm to distil online")
     if cfg.get("distill"):
         check_crossfit(cfg)  # before the data is read
+        mixup = cfg.distill.get("mixup") or 0.0
+        if not (isinstance(mixup, (int, float)) and mixup >= 0):
+            raise UserError(f"distill.mixup={mixup!r} must be a number >= 0 (the alpha of its Beta(alpha, alpha) draw; "
+                            "0: off), e.g. distill.mixup=0.4")
     if cfg.objective.split("/")[0] not in ("val", "test"):
         raise UserError(f"objective={cfg.objective!r} must be a val/ or test/ metric, e.g. objective=val/acc")
 

@@ -186,7 +186,7 @@ def prepare_distillation(cfg: DictConfig, datamodule: TextDataModule, loss, teac
                                       device=labelling_device(cfg))
     metrics.update({k: v for k, v in stage1.items() if k != "teacher/fold_dirs"},
                    **{"distill/teacher_logits": "online" if online else "cache"})
-    module = {"loss": loss, "teacher": teacher, "shared_tokens": shared}
+    module = {"loss": loss, "teacher": teacher, "shared_tokens": shared, "mixup": float(d.get("mixup") or 0.0)}
     if inter is not None:
         module["intermediate"] = instantiate(inter, _partial_=True)
         # the sizes as a dict (Hydra would convert a config object)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from speedtrain.distill.losses import IntermediateLoss, KDLoss
+from speedtrain.errors import UserError
 from speedtrain.lit.classifier import Batch, ClassifierModule
 
 
@@ -46,14 +47,26 @@ class DistillModule(ClassifierModule):
             ``shared_tokens``) for hidden-state and attention terms: with the teacher online, or with its
             pooled hidden states cached in the batch (``teacher_hidden``) when the tokenizers differ.
         shared_tokens: the student reads the teacher's tokens (same tokenizer).
+        mixup: ``distill.mixup``, the alpha of a Beta(alpha, alpha) draw (0: off). Each training step mixes every
+            text's features at the input of the student's head (its ``classifier``) with another text's of the
+            batch, ``lam * a + (1 - lam) * b``, and the loss is mixed the same way (the soft targets, the labels and
+            the sample weights of both): manifold mixup (Verma et al. 2019) with the teacher's targets, as MixKD
+            (Liang et al. 2021) mixes a student's inputs. No cost at inference.
     """
 
     def __init__(
         self, *args, loss: KDLoss, teacher: nn.Module | None = None, teacher_config: Mapping | None = None,
-        intermediate: Callable[..., IntermediateLoss] | None = None, shared_tokens: bool = False, **kwargs,
+        intermediate: Callable[..., IntermediateLoss] | None = None, shared_tokens: bool = False,
+        mixup: float = 0.0, **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.kd = loss
+        if not mixup >= 0:
+            raise UserError(f"distill.mixup={mixup} must be >= 0 (the Beta(alpha, alpha) of the mix; 0: off), e.g. 0.4")
+        if mixup and not isinstance(getattr(self.model, "classifier", None), nn.Module):
+            raise UserError(f"distill.mixup={mixup} mixes the features at the student's head (its `classifier`), "
+                            f"which {type(self.model).__name__} lacks: pass distill.mixup=0")
+        self.mixup = float(mixup)
         self._teacher = (teacher.eval().requires_grad_(False),) if teacher is not None else ()  # hidden: see above
         self.intermediate = None
         if intermediate is not None:
@@ -95,8 +108,14 @@ class DistillModule(ClassifierModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         inter = self.intermediate
         attentions = inter is not None and inter.attention_weight > 0
-        out = self.train_forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 output_hidden_states=inter is not None, output_attentions=attentions)
+        mix = self._mix_draw(batch["input_ids"].shape[0]) if self.mixup else None
+        hook = self.model.classifier.register_forward_pre_hook(_mixing(*mix)) if mix else None
+        try:
+            out = self.train_forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     output_hidden_states=inter is not None, output_attentions=attentions)
+        finally:
+            if hook is not None:
+                hook.remove()
         logits = out.logits  # (B, C)
         if "teacher_logits" in batch:
             teacher_logits, t_out = batch["teacher_logits"], None
@@ -107,6 +126,12 @@ class DistillModule(ClassifierModule):
             teacher_logits = t_out.logits
         kd = self.kd(logits, teacher_logits, batch["labels"], batch.get("sample_weight"))
         loss = kd.loss
+        if mix:  # the loss is linear in the targets: the mixed loss is the mix of the two texts' losses
+            lam, perm = mix
+            weight = batch.get("sample_weight")
+            weight = None if weight is None else weight[perm]
+            other = self.kd(logits, teacher_logits[perm], batch["labels"][perm], weight)
+            loss = lam * loss + (1.0 - lam) * other.loss
         parts = {"train/kd_loss": kd.kd_loss, "train/ce_loss": kd.ce_loss}
         if inter is not None and "teacher_hidden" in batch:  # cached per-text teacher states (B, L * H_t)
             pooled = batch["teacher_hidden"].view(logits.shape[0], len(inter.layer_map), -1)
@@ -121,3 +146,18 @@ class DistillModule(ClassifierModule):
             self.log_dict(parts)
         self.log_train_step_stats(batch, logits, loss)
         return loss
+
+    def _mix_draw(self, batch_size: int) -> tuple[float, torch.Tensor] | None:
+        """This step's mix: ``lam`` ~ Beta(mixup, mixup) and the batch's texts in a random order."""
+        if batch_size < 2:
+            return None
+        lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+        return lam, torch.randperm(batch_size, device=self.device)
+
+
+def _mixing(lam: float, perm: torch.Tensor):
+    """A forward pre-hook that mixes a module's first input with itself in the order ``perm``."""
+    def hook(module, args):
+        features = args[0]
+        return (lam * features + (1.0 - lam) * features[perm], *args[1:])
+    return hook
