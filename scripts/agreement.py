@@ -78,7 +78,8 @@ def main() -> None:
         if mask.any():
             print(f"| {name} | {mask.sum()} | {100 * s_ok[mask].mean():.1f} | {100 * t_ok[mask].mean():.1f} | "
                   f"{100 * (t_ok[mask].mean() - s_ok[mask].mean()):+.1f} | {100 * agree[mask].mean():.1f} |")
-    print(f"\nTeacher right, student wrong: {(t_ok & ~s_ok).sum()}; student right, teacher wrong: {(s_ok & ~t_ok).sum()}")
+    print(f"\nTeacher right, student wrong: {(t_ok & ~s_ok).sum()}; "
+          f"student right, teacher wrong: {(s_ok & ~t_ok).sum()}")
     for i in np.flatnonzero(t_ok & ~s_ok)[: args.show]:
         print(f"- label {labels[i]}, teacher {t[i].max():.2f}, student {s[i, labels[i]]:.2f}: {texts[i]}")
 
