@@ -51,7 +51,8 @@ class DistillModule(ClassifierModule):
             text's features at the input of the student's head (its ``classifier``) with another text's of the
             batch, ``lam * a + (1 - lam) * b``, and the loss is mixed the same way (the soft targets, the labels and
             the sample weights of both): manifold mixup (Verma et al. 2019) with the teacher's targets, as MixKD
-            (Liang et al. 2021) mixes a student's inputs. No cost at inference.
+            (Liang et al. 2021) mixes a student's inputs. No cost at inference. ``train/acc`` then scores the
+            mixed logits against the unmixed labels, and ``train/kd_loss`` is the first text's term.
     """
 
     def __init__(
