@@ -18,6 +18,7 @@ from speedtrain.distill.teacher import is_teacher_run, teacher_key
 from speedtrain.errors import UserError
 from speedtrain.families import apply_latency_budget, check_family
 from speedtrain.fit import fit_and_evaluate
+from speedtrain.lit.distill import check_mixup
 from speedtrain.loggers import finish_wandb
 from speedtrain.resume import continue_hint, resumed_config
 from speedtrain.stopping import DEFAULT_SIGNALS, Stopped, handle_stop_signals, report
@@ -103,10 +104,7 @@ def check_config(cfg: DictConfig) -> None:
                         "distill.teacher_logits=cache, or teacher=minilm to distil online")
     if cfg.get("distill"):
         check_crossfit(cfg)  # before the data is read
-        mixup = cfg.distill.get("mixup") or 0.0
-        if not (isinstance(mixup, (int, float)) and mixup >= 0):
-            raise UserError(f"distill.mixup={mixup!r} must be a number >= 0 (the alpha of its Beta(alpha, alpha) draw; "
-                            "0: off), e.g. distill.mixup=0.4")
+        check_mixup(cfg.distill.get("mixup") or 0.0)
     if cfg.objective.split("/")[0] not in ("val", "test"):
         raise UserError(f"objective={cfg.objective!r} must be a val/ or test/ metric, e.g. objective=val/acc")
 

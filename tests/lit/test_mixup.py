@@ -67,8 +67,9 @@ def test_draws_are_a_beta_weight_and_a_permutation_and_one_text_is_not_mixed():
 
 
 def test_bad_mixup_settings():
-    with pytest.raises(UserError, match=r"distill.mixup=-0.5 must be >= 0"):
-        _module(-0.5)
+    for bad in (-0.5, float("nan"), "0.4", True):
+        with pytest.raises(UserError, match=r"distill.mixup=.* must be a number >= 0"):
+            _module(bad)
     cfg = compose_config([*TINY_RUN, "+experiment=distill", "distill.mixup=-1"])
     with pytest.raises(UserError, match=r"distill.mixup=-1 must be a number >= 0"):
         check_config(cfg)

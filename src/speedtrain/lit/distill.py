@@ -62,12 +62,11 @@ class DistillModule(ClassifierModule):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.kd = loss
-        if not mixup >= 0:
-            raise UserError(f"distill.mixup={mixup} must be >= 0 (the Beta(alpha, alpha) of the mix; 0: off), e.g. 0.4")
+        mixup = check_mixup(mixup)
         if mixup and not isinstance(getattr(self.model, "classifier", None), nn.Module):
             raise UserError(f"distill.mixup={mixup} mixes the features at the student's head (its `classifier`), "
                             f"which {type(self.model).__name__} lacks: pass distill.mixup=0")
-        self.mixup = float(mixup)
+        self.mixup = mixup
         self._teacher = (teacher.eval().requires_grad_(False),) if teacher is not None else ()  # hidden: see above
         self.intermediate = None
         if intermediate is not None:
@@ -154,6 +153,14 @@ class DistillModule(ClassifierModule):
             return None
         lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
         return lam, torch.randperm(batch_size, device=self.device)
+
+
+def check_mixup(mixup) -> float:
+    """``distill.mixup`` as a float, or a :class:`UserError` when it is not a number >= 0."""
+    if isinstance(mixup, bool) or not isinstance(mixup, (int, float)) or not mixup >= 0:  # NaN too
+        raise UserError(f"distill.mixup={mixup!r} must be a number >= 0 (the alpha of its Beta(alpha, alpha) draw; "
+                        "0: off), e.g. distill.mixup=0.4")
+    return float(mixup)
 
 
 def _mixing(lam: float, perm: torch.Tensor):
