@@ -5,8 +5,9 @@ the student wrong.
     python scripts/agreement.py --run outputs/<date>/<time> [--teacher <fine-tuned teacher folder>] [--show 12]
 
 The run's own config (``<run>/.hydra/config.yaml``) rebuilds its data split; the student is ``<run>/model``. The
-teacher defaults to the run's (``teacher/key`` in its metrics.json, found in the teacher cache). An ensemble
-teacher's n-gram half is not rebuilt: the transformer alone is compared. Prints a Markdown table.
+teacher defaults to the run's (``teacher/key`` in its metrics.json, found in the teacher cache, or its
+``teacher.path``). An ensemble teacher's n-gram half is not rebuilt: the transformer alone is compared. Prints a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ def main() -> None:
     data.prepare()
     test = data.splits["test"]
     texts, labels = list(test["text"]), np.asarray(test["label"])
-    teacher_dir = args.teacher or cached_teacher(cfg.paths.cache_dir, json.loads((args.run / "metrics.json")
-                                                                             .read_text())["teacher/key"])
+    key = json.loads((args.run / "metrics.json").read_text()).get("teacher/key")  # absent with teacher.path
+    teacher_dir = args.teacher or (cached_teacher(cfg.paths.cache_dir, key) if key else cfg.teacher.get("path"))
     if teacher_dir is None:
-        raise SystemExit("the run's teacher is not in the cache: pass --teacher <folder>")
+        raise SystemExit("the run's teacher is neither in the cache nor a teacher.path: pass --teacher <folder>")
     student = AutoModelForSequenceClassification.from_pretrained(args.run / "model").eval()
     s = probabilities(student, AutoTokenizer.from_pretrained(args.run / "model"), texts, cfg.model.max_length)
     num_labels = s.shape[1]
