@@ -106,6 +106,8 @@ def word_dropout_variants(
     With probability ``splice`` a copy is instead the text's first words joined to the last words of another text
     drawn at random (each cut at a random word): new texts that mix two opinions or topics ("a gorgeous cast" +
     "but the script drags"), whose teacher logits say which part wins (a text-level mixup, as MixKD mixes inputs).
+    A splice's source is its first text: with ``teacher=ensemble`` the n-gram half scores it with the fold model
+    that held that text out, which may have been fitted on the other text.
 
     Returns:
         ``(index of the source text, variant)`` pairs; variants equal to their source or to an earlier variant of
